@@ -1,0 +1,1 @@
+"""dbpatterns: how Restate durable handlers should read and write PostgreSQL, under faults."""

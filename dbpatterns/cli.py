@@ -1,0 +1,166 @@
+"""The ``dbpatterns`` command: run the lab, look at it, reset it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from dbpatterns.config import Settings, get_settings
+from dbpatterns.stack import LabError, Stack, pid_alive, probe, read_state
+
+LOOK_AT_THE_DATA = "SELECT * FROM users;  SELECT * FROM user_idempotency;"
+
+
+def banner(stack: Stack) -> str:
+    s = stack.settings
+    ingress = s.ingress_url
+    return f"""
+dbpatterns lab is up (working folder {s.home})
+
+  restate ingress   {ingress}
+  restate admin     {s.admin_url}
+  service (h2c)     {s.service_url}
+  postgres          {s.libpq_url}
+  logs              {s.home / "logs"}
+
+Look at the data:
+  dbpatterns psql            (or: psql '{s.libpq_url}')
+  {LOOK_AT_THE_DATA}
+
+Call a handler through Restate:
+  curl {ingress}/simple/read --json '"A"'
+
+Inspect invocations with the restate CLI:
+  RESTATE_ADMIN_URL={s.admin_url} npx restate invocations list
+
+Ctrl-C stops every part; the data stays for the next `dbpatterns up` (`dbpatterns reset` wipes it).
+"""
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    stack = Stack(settings)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    stack.start(say=lambda line: print(f"[dbpatterns] {line}", flush=True))
+    try:
+        print(banner(stack), flush=True)
+        while not stop.wait(0.5):
+            service = stack.service.process
+            if service is not None and not service.alive():
+                print(
+                    f"[dbpatterns] service (pid {service.pid}) exited with "
+                    f"{service.popen.returncode}; restarting it",
+                    flush=True,
+                )
+                stack.service.start()
+                stack.write_state()
+            for part in (stack.postgres.process, stack.restate.process):
+                if part is not None and not part.alive():
+                    raise LabError(
+                        f"{part.name} (pid {part.pid}) exited with {part.popen.returncode}",
+                        f"see {part.log_path}; `dbpatterns up` starts it again",
+                    )
+    finally:
+        print("[dbpatterns] stopping: service, restate-server, postgres", flush=True)
+        stack.stop()
+        print("[dbpatterns] stopped; data kept in", settings.home, flush=True)
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    state = probe(settings)
+    if args.json:
+        print(json.dumps(state, indent=2))
+    else:
+        print(f"lab in {state['home']}: {'up' if state['up'] else 'not up'}")
+        for name, part in state["parts"].items():
+            health = "healthy" if part["healthy"] else "down"
+            pid = part["pid"] if part["running"] else "-"
+            print(f"  {name:<15} {health:<8} pid {pid!s:<8} {part['address']}")
+        print(f"  database url    {state['database_url']}")
+        print(f"  ingress url     {state['ingress_url']}")
+    return 0 if state["up"] else 1
+
+
+def cmd_psql(settings: Settings, args: argparse.Namespace) -> int:
+    psql = shutil.which("psql")
+    if psql is None:
+        raise LabError(
+            "psql is not installed",
+            "install the PostgreSQL client (`apt-get install postgresql-client`)",
+        )
+    os.execv(psql, [psql, settings.libpq_url, *args.psql_args])
+    return 0  # not reached
+
+
+def cmd_reset(settings: Settings, args: argparse.Namespace) -> int:
+    state = read_state(settings.home)
+    if state and any(pid_alive(p["pid"]) for p in state["parts"].values() if p.get("pid")):
+        raise LabError(f"the lab in {settings.home} is running", "stop it (Ctrl-C) before a reset")
+    if not settings.home.exists():
+        print(f"nothing to reset: {settings.home} does not exist")
+        return 0
+    if not args.yes:
+        raise LabError(
+            f"reset deletes {settings.home} (the database and Restate's journal)",
+            "run `dbpatterns reset --yes` to confirm",
+        )
+    shutil.rmtree(settings.home)
+    print(f"removed {settings.home}")
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from dbpatterns import migrate
+
+    migrate.migrate(settings.libpq_url)
+    print(f"migrated and seeded {settings.db_url.render_as_string(hide_password=True)}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dbpatterns", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start postgres, restate-server and the service; Ctrl-C stops them")
+    st = sub.add_parser("status", help="is each part of the lab up; exit 0 only if all are")
+    st.add_argument("--json", action="store_true", help="machine-readable: URLs, PIDs, health")
+    ps = sub.add_parser("psql", help="open psql on the lab database")
+    ps.add_argument("psql_args", nargs=argparse.REMAINDER, help="passed on to psql")
+    rs = sub.add_parser("reset", help="delete the lab's data (postgres and restate)")
+    rs.add_argument("--yes", action="store_true", help="really delete")
+    sub.add_parser("migrate", help="alembic upgrade head + seed rows, on DBPATTERNS_DATABASE_URL")
+    return p
+
+
+COMMANDS = {
+    "up": cmd_up,
+    "status": cmd_status,
+    "psql": cmd_psql,
+    "reset": cmd_reset,
+    "migrate": cmd_migrate,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](get_settings(), args)
+    except LabError as exc:
+        print(f"dbpatterns {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Settings, read from the environment in one place.
+
+Every part of the lab (the service, Alembic, the embedded stack, the tests) takes its settings
+from here, so one variable changes them all. Each setting is ``DBPATTERNS_<NAME>``; the defaults
+work on a laptop with nothing set.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+
+#: The repository root when the package runs from a checkout (the way the lab is installed).
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class RestateTuning:
+    """The restate-server settings the lab changes from Restate's defaults.
+
+    With the defaults (inactivity 1 min, abort 10 min, backoff up to 1 min) a hung or paused
+    service is retried only after about eleven minutes; a lab that demonstrates crashes needs
+    retries within seconds. The embedded stack and docker-compose.yml both use these values.
+    """
+
+    INACTIVITY_TIMEOUT = "10s"
+    ABORT_TIMEOUT = "5s"
+    RETRY_INITIAL_INTERVAL = "100ms"
+    RETRY_EXPONENTIATION_FACTOR = 2.0
+    RETRY_MAX_INTERVAL = "2s"
+    RETRY_ON_MAX_ATTEMPTS = "pause"
+
+    @classmethod
+    def as_env(cls) -> dict[str, str]:
+        """The same settings as restate-server environment variables (``RESTATE_`` + ``__``)."""
+        return {
+            "RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT": cls.INACTIVITY_TIMEOUT,
+            "RESTATE_WORKER__INVOKER__ABORT_TIMEOUT": cls.ABORT_TIMEOUT,
+            "RESTATE_DEFAULT_RETRY_POLICY__INITIAL_INTERVAL": cls.RETRY_INITIAL_INTERVAL,
+            "RESTATE_DEFAULT_RETRY_POLICY__EXPONENTIATION_FACTOR": str(
+                cls.RETRY_EXPONENTIATION_FACTOR
+            ),
+            "RESTATE_DEFAULT_RETRY_POLICY__MAX_INTERVAL": cls.RETRY_MAX_INTERVAL,
+            "RESTATE_DEFAULT_RETRY_POLICY__ON_MAX_ATTEMPTS": cls.RETRY_ON_MAX_ATTEMPTS,
+        }
+
+
+class Settings(BaseSettings):
+    """The lab's configuration. Field ``foo`` is read from ``DBPATTERNS_FOO``."""
+
+    model_config = SettingsConfigDict(env_prefix="DBPATTERNS_", extra="ignore")
+
+    database_url: str = Field(
+        default="postgresql://dbpatterns:dbpatterns@127.0.0.1:5432/dbpatterns",
+        description="The lab database; the embedded stack creates exactly this server and role.",
+    )
+    home: Path = Field(
+        default=PROJECT_ROOT / ".lab",
+        description="Working folder of the embedded stack: Postgres and Restate data, logs.",
+    )
+    bind_host: str = Field(default="127.0.0.1", description="Address every listener binds to.")
+    ingress_port: int = 8080
+    admin_port: int = 9070
+    restate_node_port: int = Field(default=5122, description="restate-server's node fabric.")
+    service_port: int = 9080
+    pool_size: int = Field(default=10, ge=1, le=500)
+    lock_timeout_ms: int = Field(
+        default=2000, ge=0, description="A row locked by a stuck transaction fails the step fast."
+    )
+    idle_in_transaction_timeout_ms: int = Field(
+        default=10000, ge=0, description="A zombie transaction cannot hold its locks for longer."
+    )
+    idempotency_token_ttl: timedelta = Field(
+        default=timedelta(days=1), description="How long idempotency.update keeps its token."
+    )
+    pg_bin_dir: Path | None = Field(
+        default=None, description="Where initdb/pg_ctl/postgres live; searched when unset."
+    )
+    restate_bin: Path | None = Field(
+        default=None, description="The restate-server binary; the npm package's when unset."
+    )
+
+    @property
+    def db_url(self) -> URL:
+        return make_url(self.database_url)
+
+    @property
+    def sqlalchemy_url(self) -> URL:
+        """The database URL with the async psycopg 3 driver named, for SQLAlchemy."""
+        return self.db_url.set(drivername="postgresql+psycopg")
+
+    @property
+    def libpq_url(self) -> str:
+        """The database URL as psql and psycopg take it."""
+        return self.db_url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    @property
+    def ingress_url(self) -> str:
+        return f"http://{self.bind_host}:{self.ingress_port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.bind_host}:{self.admin_port}"
+
+    @property
+    def service_url(self) -> str:
+        return f"http://{self.bind_host}:{self.service_port}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this process, read once."""
+    return Settings()

@@ -1,0 +1,238 @@
+"""Session fixtures: a real PostgreSQL, a real restate-server and the service as a subprocess.
+
+The parts are started once per session, on free ports and in a temporary folder of their own (so
+the tests can run while ``dbpatterns up`` is running), by the same code that ``up`` uses
+(``dbpatterns.stack``). Tests share the infrastructure but never state: each takes fresh keys.
+
+Where the parts come from is chosen by ``--backend`` (or ``DBPATTERNS_TEST_BACKEND``):
+
+* ``auto`` (default): containers (testcontainers) when a Docker engine answers, local processes
+  otherwise;
+* ``local``: PostgreSQL and restate-server binaries on this machine;
+* ``docker``: ``postgres:15`` and ``restatedev/restate`` containers;
+* ``external``: servers you run, given by ``DBPATTERNS_TEST_DATABASE_URL``,
+  ``DBPATTERNS_TEST_INGRESS_URL`` and ``DBPATTERNS_TEST_ADMIN_URL``.
+
+The service itself always runs as a local subprocess: it is the thing the chaos suite kills.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from dbpatterns import migrate
+from dbpatterns.client import Admin, Ingress
+from dbpatterns.config import RestateTuning, Settings
+from dbpatterns.stack import (
+    PostgresServer,
+    RestateServer,
+    ServiceProcess,
+    free_port,
+    register_deployment,
+)
+
+POSTGRES_IMAGE = "postgres:15"
+RESTATE_IMAGE = "docker.io/restatedev/restate:1.7.12"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--backend",
+        default=os.environ.get("DBPATTERNS_TEST_BACKEND", "auto"),
+        choices=["auto", "local", "docker", "external"],
+        help="where Postgres and restate-server come from (see tests/conftest.py)",
+    )
+
+
+def docker_engine_answers() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=3).ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest) -> str:
+    choice: str = request.config.getoption("--backend")
+    if choice == "auto":
+        return "docker" if docker_engine_answers() else "local"
+    return choice
+
+
+@pytest.fixture(scope="session")
+def lab_home() -> Iterator[Path]:
+    """A working folder the ``postgres`` OS user can reach (pytest's own tmp is private)."""
+    home = Path(tempfile.mkdtemp(prefix="dbpatterns-test-"))
+    home.chmod(0o755)
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def base_settings(lab_home: Path) -> Settings:
+    """Settings of the test stack: free ports, its own folder. The database URL is filled in
+    by the ``database_url`` fixture."""
+    return Settings(
+        home=lab_home,
+        database_url=f"postgresql://dbpatterns:dbpatterns@127.0.0.1:{free_port()}/dbpatterns",
+        ingress_port=free_port(),
+        admin_port=free_port(),
+        restate_node_port=free_port(),
+        service_port=free_port(),
+        idempotency_token_ttl=timedelta(seconds=3),  # the expiry test waits it out
+    )
+
+
+@dataclass
+class DatabaseEndpoint:
+    url: str  # libpq form
+    server: PostgresServer | None  # the local process, when there is one
+
+
+@pytest.fixture(scope="session")
+def postgres(backend: str, base_settings: Settings) -> Iterator[DatabaseEndpoint]:
+    """A migrated, seeded lab database."""
+    if backend == "external":
+        url = _required_env("DBPATTERNS_TEST_DATABASE_URL")
+        migrate.migrate(url)
+        yield DatabaseEndpoint(url, None)
+    elif backend == "docker":
+        from testcontainers.postgres import PostgresContainer
+
+        container = PostgresContainer(
+            POSTGRES_IMAGE, username="dbpatterns", password="dbpatterns", dbname="dbpatterns"
+        ).with_command("postgres -c max_prepared_transactions=100 -c max_connections=200")
+        with container:
+            host = container.get_container_host_ip()
+            port = container.get_exposed_port(5432)
+            url = f"postgresql://dbpatterns:dbpatterns@{host}:{port}/dbpatterns"
+            migrate.migrate(url)
+            yield DatabaseEndpoint(url, None)
+    else:
+        server = PostgresServer(base_settings, base_settings.home / "postgres")
+        server.start()
+        try:
+            migrate.migrate(base_settings.libpq_url)
+            yield DatabaseEndpoint(base_settings.libpq_url, server)
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres: DatabaseEndpoint) -> str:
+    return postgres.url
+
+
+@pytest.fixture(scope="session")
+def settings(base_settings: Settings, database_url: str) -> Settings:
+    return base_settings.model_copy(update={"database_url": database_url})
+
+
+@dataclass
+class RestateEndpoints:
+    ingress_url: str
+    admin_url: str
+    server: RestateServer | None  # the local process, when there is one
+
+
+@pytest.fixture(scope="session")
+def restate_server(backend: str, settings: Settings) -> Iterator[RestateEndpoints]:
+    if backend == "external":
+        yield RestateEndpoints(
+            _required_env("DBPATTERNS_TEST_INGRESS_URL"),
+            _required_env("DBPATTERNS_TEST_ADMIN_URL"),
+            None,
+        )
+    elif backend == "docker":
+        from testcontainers.core.container import DockerContainer
+        from testcontainers.core.waiting_utils import wait_for_logs
+
+        # Host networking: the container reaches the service on this machine's loopback.
+        container = DockerContainer(RESTATE_IMAGE).with_kwargs(network_mode="host")
+        env = {
+            **RestateTuning.as_env(),
+            "RESTATE_INGRESS__BIND_ADDRESS": f"127.0.0.1:{settings.ingress_port}",
+            "RESTATE_ADMIN__BIND_ADDRESS": f"127.0.0.1:{settings.admin_port}",
+            "RESTATE_BIND_ADDRESS": f"127.0.0.1:{settings.restate_node_port}",
+            "RESTATE_DISABLE_TELEMETRY": "true",
+        }
+        for name, value in env.items():
+            container = container.with_env(name, value)
+        with container:
+            wait_for_logs(container, "Ingress HTTP listening", timeout=60)
+            yield RestateEndpoints(settings.ingress_url, settings.admin_url, None)
+    else:
+        server = RestateServer(settings, settings.home / "restate")
+        server.start()
+        try:
+            yield RestateEndpoints(settings.ingress_url, settings.admin_url, server)
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="session")
+def service(settings: Settings, restate_server: RestateEndpoints) -> Iterator[ServiceProcess]:
+    """The service as its own process, registered with restate-server."""
+    svc = ServiceProcess(settings, settings.home / "logs" / "service.log")
+    svc.start()
+    try:
+        register_deployment(restate_server.admin_url, settings.service_url)
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(scope="session")
+def ingress(service: ServiceProcess, restate_server: RestateEndpoints) -> Iterator[Ingress]:
+    with Ingress(restate_server.ingress_url) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def admin(restate_server: RestateEndpoints) -> Iterator[Admin]:
+    client = Admin(restate_server.admin_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to the lab database, to look at (and set up) rows."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def new_user(db: psycopg.Connection[Any]) -> Callable[..., str]:
+    """Creates a user of its own for one test: ``new_user(credits=100)`` -> user id."""
+
+    def make(credits: int = 1000, name: str = "Test User") -> str:
+        user_id = f"u-{uuid.uuid4().hex[:12]}"
+        db.execute(
+            "INSERT INTO users (userid, name, address, credits) VALUES (%s, %s, %s, %s)",
+            (user_id, name, "1 Test Street", credits),
+        )
+        return user_id
+
+    return make
+
+
+def _required_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise pytest.UsageError(f"--backend=external needs {name}")
+    return value
