@@ -1,0 +1,7 @@
+"""keyed: (being written)."""
+
+from __future__ import annotations
+
+import restate
+
+keyed = restate.VirtualObject("keyed")
