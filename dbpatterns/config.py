@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     idempotency_token_ttl: timedelta = Field(
         default=timedelta(days=1), description="How long idempotency.update keeps its token."
     )
+    restate_ingress_url: str | None = Field(
+        default=None, description="Where to reach the ingress, when not on bind_host (compose)."
+    )
+    restate_admin_url: str | None = Field(
+        default=None, description="Where to reach the admin API, when not on bind_host (compose)."
+    )
     pg_bin_dir: Path | None = Field(
         default=None, description="Where initdb/pg_ctl/postgres live; searched when unset."
     )
@@ -100,11 +106,11 @@ class Settings(BaseSettings):
 
     @property
     def ingress_url(self) -> str:
-        return f"http://{self.bind_host}:{self.ingress_port}"
+        return self.restate_ingress_url or f"http://{self.bind_host}:{self.ingress_port}"
 
     @property
     def admin_url(self) -> str:
-        return f"http://{self.bind_host}:{self.admin_port}"
+        return self.restate_admin_url or f"http://{self.bind_host}:{self.admin_port}"
 
     @property
     def service_url(self) -> str:

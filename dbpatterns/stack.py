@@ -278,9 +278,14 @@ def spawn(
 
 def find_pg_bin_dir(configured: Path | None) -> Path:
     """The folder holding ``initdb`` and ``postgres``: configured, or the newest one installed."""
-    candidates: list[Path] = []
     if configured is not None:
-        candidates.append(configured)
+        if (configured / "initdb").is_file() and (configured / "postgres").is_file():
+            return configured
+        raise LabError(
+            f"DBPATTERNS_PG_BIN_DIR={configured} holds no `initdb` and `postgres`",
+            "point it at the bin folder of a PostgreSQL server installation, or unset it",
+        )
+    candidates: list[Path] = []
     pg_config = shutil.which("pg_config")
     if pg_config:
         with contextlib.suppress(subprocess.CalledProcessError, OSError):
@@ -301,11 +306,6 @@ def find_pg_bin_dir(configured: Path | None) -> Path:
     for folder in candidates:
         if (folder / "initdb").is_file() and (folder / "postgres").is_file():
             return folder
-    if configured is not None:
-        raise LabError(
-            f"DBPATTERNS_PG_BIN_DIR={configured} holds no `initdb` and `postgres`",
-            "point it at the bin folder of a PostgreSQL server installation",
-        )
     raise LabError(
         "no PostgreSQL server binaries found (looked for `initdb` and `postgres` in "
         "/usr/lib/postgresql/*/bin, `pg_config --bindir` and PATH)",
