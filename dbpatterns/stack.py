@@ -786,7 +786,8 @@ def probe(settings: Settings) -> dict[str, Any]:
         pid = part.get("pid")
         part["running"] = bool(pid and pid_alive(pid))
         part["healthy"] = checks[name]()
-    state["up"] = all(p["healthy"] for p in state["parts"].values())
+    # Up means: our `up` runs these parts (state file, live PIDs) and each answers its check.
+    state["up"] = all(p["healthy"] and p["running"] for p in state["parts"].values())
     return state
 
 

@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from dbpatterns import migrate
+from dbpatterns import failpoints, migrate
 from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import RestateTuning, Settings
 from dbpatterns.stack import (
@@ -185,9 +185,21 @@ def restate_server(backend: str, settings: Settings) -> Iterator[RestateEndpoint
 
 
 @pytest.fixture(scope="session")
-def service(settings: Settings, restate_server: RestateEndpoints) -> Iterator[ServiceProcess]:
+def failpoints_file(lab_home: Path) -> Path:
+    """The service's failpoint control file; while it is missing, every failpoint is off."""
+    return lab_home / "failpoints"
+
+
+@pytest.fixture(scope="session")
+def service(
+    settings: Settings, restate_server: RestateEndpoints, failpoints_file: Path
+) -> Iterator[ServiceProcess]:
     """The service as its own process, registered with restate-server."""
-    svc = ServiceProcess(settings, settings.home / "logs" / "service.log")
+    svc = ServiceProcess(
+        settings,
+        settings.home / "logs" / "service.log",
+        extra_env={failpoints.ENV_FILE: str(failpoints_file)},
+    )
     svc.start()
     try:
         register_deployment(restate_server.admin_url, settings.service_url)
@@ -210,10 +222,46 @@ def admin(restate_server: RestateEndpoints) -> Iterator[Admin]:
 
 
 @pytest.fixture
+def failpoint(
+    service: ServiceProcess, failpoints_file: Path
+) -> Iterator[Callable[[str, str], None]]:
+    """Switches failpoints of the running service on for one test: ``failpoint("name",
+    "1*error")``. All are off again after the test."""
+    import dbpatterns.patterns  # noqa: F401  (declares every failpoint, so names are checked)
+
+    switched: dict[str, str] = {}
+
+    def switch(name: str, action: str) -> None:
+        switched[name] = action
+        spec = "".join(f"{n}={a}\n" for n, a in switched.items())
+        failpoints.parse_spec(spec)  # a typo fails here, not silently in the service
+        tmp = failpoints_file.with_suffix(".tmp")
+        tmp.write_text(spec)
+        tmp.replace(failpoints_file)
+
+    yield switch
+    failpoints_file.unlink(missing_ok=True)
+
+
+@pytest.fixture
 def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to the lab database, to look at (and set up) rows."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def users_checksum(db: psycopg.Connection[Any]) -> Callable[[], str]:
+    """A digest of the whole users table: equal before and after means nothing changed."""
+
+    def digest() -> str:
+        row = db.execute(
+            "SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY userid), '')) FROM users t"
+        ).fetchone()
+        assert row is not None
+        return str(row[0])
+
+    return digest
 
 
 @pytest.fixture

@@ -1,7 +1,131 @@
-"""idempotency: (being written)."""
+"""idempotency: exactly-once credit updates through a token written in the same transaction.
+
+Guarantee: ``update`` adds the credits exactly once per invocation, whatever crashes, retries or
+zombie attempts happen, and whoever else writes the row.
+
+How: the handler takes a token from Restate (``ctx.uuid()``: random, but the same on every
+attempt of the invocation) and, in ONE transaction, inserts the token into
+``user_idempotency`` with ``ON CONFLICT DO NOTHING`` and adds the credits. The token and the
+credits commit together or not at all. An attempt that finds the token already there knows an
+earlier attempt committed, and adds nothing. This is the DBOS idea: record that the step ran in
+the same transaction as its effect.
+
+Concurrency: READ COMMITTED is enough. Two attempts of one invocation (a retry and a zombie)
+insert the same token; the primary key makes the second wait for the first and then find the
+row (commit) or insert it (rollback), so exactly one adds. Every transaction takes its locks in
+the same order (token, then user row), so they cannot deadlock each other; a deadlock, lock
+timeout or lost connection anyway raises a retryable error and Restate retries the step.
+
+Window left open: tokens expire. After the transaction the handler schedules
+``expireIdempotencyKey`` with the token, ``DBPATTERNS_IDEMPOTENCY_TOKEN_TTL`` later (1 day by
+default), so the table does not grow forever. A step Restate has recorded never runs again,
+so only a zombie attempt still alive after the TTL could add the credits a second time. The
+TTL must be far longer than any attempt can live (the service's inactivity + abort timeouts,
+the database's ``idle_in_transaction_session_timeout``).
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import restate
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from dbpatterns import boundary, db, failpoints
+from dbpatterns.config import get_settings
+from dbpatterns.patterns.models import Applied, Deleted, IdempotencyToken, UpdateCredits
+from dbpatterns.patterns.simple import user_not_found
+from dbpatterns.schema import user_idempotency, users
+
+log = logging.getLogger("dbpatterns.idempotency")
+log.addFilter(restate.RestateLoggingFilter())  # silent while Restate replays the journal
 
 idempotency = restate.Service("idempotency")
+
+UPDATE_BEFORE_COMMIT = failpoints.declare(
+    "idempotency.update.before-commit",
+    "idempotency.update, token inserted and credits added, transaction not yet committed",
+    "a crash rolls back token and credits together: the retry adds once",
+)
+UPDATE_AFTER_COMMIT = failpoints.declare(
+    "idempotency.update.after-commit",
+    "idempotency.update, after the commit, before Restate records the step",
+    "the retry finds its token and adds nothing: exactly once",
+)
+
+
+@idempotency.handler(name="update", input_serde=boundary.JSON_INPUT)
+async def update(ctx: restate.Context, payload: Any) -> Applied:
+    """Add credits exactly once; survives a crash anywhere (see the module docstring)."""
+    req = boundary.parse(UpdateCredits, payload)
+    invocation = ctx.request().id
+    token = str(ctx.uuid())  # the same on every attempt of this invocation
+
+    async def add_credits_once() -> Applied:
+        claim = (
+            pg_insert(user_idempotency)
+            .values(id=token)
+            .on_conflict_do_nothing(index_elements=[user_idempotency.c.id])
+            .returning(user_idempotency.c.id)
+        )
+        add = (
+            sa.update(users)
+            .where(users.c.userid == req.user_id)
+            .values(credits=users.c.credits + req.add_credits, version=users.c.version + 1)
+            .returning(users.c.credits)
+        )
+        current = sa.select(users.c.credits).where(users.c.userid == req.user_id)
+        async with (
+            boundary.database_errors(f"adding {req.add_credits} credits to {req.user_id!r}"),
+            db.engine().begin() as conn,
+        ):
+            first = (await conn.execute(claim)).one_or_none() is not None
+            # Unknown user: raising here rolls the token back with everything else.
+            credits = (await conn.execute(add if first else current)).scalar_one_or_none()
+            if credits is None:
+                raise user_not_found(req.user_id)
+            await failpoints.hit(UPDATE_BEFORE_COMMIT, invocation)
+        await failpoints.hit(UPDATE_AFTER_COMMIT, invocation)
+        if not first:
+            log.warning(
+                "token %s already recorded: an earlier attempt added the credits, adding "
+                "nothing (invocation %s)",
+                token,
+                invocation,
+            )
+        return Applied(applied=first, credits=credits, token=token)
+
+    result = await ctx.run_typed("add credits with token", add_credits_once)
+    ctx.service_send(expire_idempotency_key, token, send_delay=get_settings().idempotency_token_ttl)
+    log.info(
+        "update %r +%d -> %s, token %s (invocation %s)",
+        req.user_id,
+        req.add_credits,
+        result,
+        token,
+        invocation,
+    )
+    return result
+
+
+@idempotency.handler(
+    name="expireIdempotencyKey", input_serde=boundary.JSON_INPUT, ingress_private=True
+)
+async def expire_idempotency_key(ctx: restate.Context, payload: Any) -> Deleted:
+    """Forget a token. Idempotent. Private: only ``update`` schedules it, never a client,
+    because deleting a live token early would let a zombie attempt add its credits again."""
+    token = boundary.parse_value(IdempotencyToken, payload).value
+    statement = (
+        sa.delete(user_idempotency)
+        .where(user_idempotency.c.id == token)
+        .returning(user_idempotency.c.id)
+    )
+    async with (
+        boundary.database_errors(f"deleting idempotency token {token}"),
+        db.engine().begin() as conn,
+    ):
+        deleted = (await conn.execute(statement)).one_or_none() is not None
+    log.info("token %s expired: deleted=%s (invocation %s)", token, deleted, ctx.request().id)
+    return Deleted(deleted=deleted)

@@ -1,22 +1,158 @@
-"""simple: a handler's database access done as any microservice would (placeholder)."""
+"""simple: a handler's database access done as any microservice would do it.
+
+Guarantee: each statement runs in its own transaction, parameterised, with bad input refused
+(400) before it reaches the database. Restate retries a handler that fails or crashes, so every
+write here is written to be harmless when it runs twice:
+
+* ``read`` is a plain SELECT outside any durable step. A retry reads again and may see a newer
+  row. That is fine for a handler whose only effect is its answer; it is wrong for a handler
+  that *decides* something on the value (see ``durableRead``).
+* ``durableRead`` reads the credits inside a durable step ("read credits"). Restate journals the
+  value, so every retry of the invocation sees the same number and takes the same branch (a
+  zero balance raises the alert on every attempt that gets that far, or on none).
+* ``insert`` is ``INSERT ... ON CONFLICT (userid) DO NOTHING``: a retry or a repeated call
+  leaves the first row as it is. Window left open: a crash after the commit but before the
+  answer reached Restate makes the retry answer ``{"inserted": false}`` for a row that this
+  very call inserted. The row is right; the answer describes the last attempt, not the call.
+* ``update`` sets the name (a value, not an increment), so running it twice is the same as
+  once. ``updated`` is false when the name already had that value, including after such a
+  crash.
+
+Adding credits this way would not be safe: ``credits = credits + n`` run twice adds twice. The
+``keyed`` and ``idempotency`` patterns show how to make that exactly-once.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import restate
-from sqlalchemy import select
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from dbpatterns import db
+from dbpatterns import boundary, db, failpoints
+from dbpatterns.patterns.models import (
+    Balance,
+    Inserted,
+    NewUser,
+    Rename,
+    Updated,
+    User,
+    UserKey,
+)
 from dbpatterns.schema import users
+
+log = logging.getLogger("dbpatterns.simple")
+log.addFilter(restate.RestateLoggingFilter())  # silent while Restate replays the journal
 
 simple = restate.Service("simple")
 
+INSERT_AFTER_COMMIT = failpoints.declare(
+    "simple.insert.after-commit",
+    "simple.insert, after the INSERT committed, before the answer",
+    "the retry answers inserted=false and leaves the one row as it is",
+)
+UPDATE_AFTER_COMMIT = failpoints.declare(
+    "simple.update.after-commit",
+    "simple.update, after the UPDATE committed, before the answer",
+    "setting a value twice is harmless: one row, the new name",
+)
 
-@simple.handler()
-async def read(ctx: restate.Context, user_id: str) -> dict[str, Any]:
-    async with db.engine().connect() as conn:
-        row = (await conn.execute(select(users).where(users.c.userid == user_id))).one_or_none()
+
+def user_not_found(user_id: str) -> restate.TerminalError:
+    return restate.TerminalError(
+        f"user {user_id!r} not found; create it with simple/insert first", status_code=404
+    )
+
+
+@simple.handler(name="read", input_serde=boundary.JSON_INPUT)
+async def read(ctx: restate.Context, payload: Any) -> User:
+    """The user row. Not journaled: a retry reads again."""
+    user_id = boundary.parse_value(UserKey, payload).value
+    async with boundary.database_errors(f"reading user {user_id!r}"), db.engine().connect() as conn:
+        row = (await conn.execute(sa.select(users).where(users.c.userid == user_id))).one_or_none()
     if row is None:
-        raise restate.TerminalError(f"user {user_id!r} not found", status_code=404)
-    return dict(row._mapping)
+        raise user_not_found(user_id)
+    return User(
+        user_id=row.userid,
+        name=row.name,
+        address=row.address,
+        credits=row.credits,
+        version=row.version,
+    )
+
+
+@simple.handler(name="durableRead", input_serde=boundary.JSON_INPUT)
+async def durable_read(ctx: restate.Context, payload: Any) -> Balance:
+    """The user's credits, read once per invocation: a retry replays the journaled value."""
+    user_id = boundary.parse_value(UserKey, payload).value
+    invocation = ctx.request().id
+
+    async def read_credits() -> Balance:
+        async with (
+            boundary.database_errors(f"reading the credits of {user_id!r}"),
+            db.engine().connect() as conn,
+        ):
+            row = (
+                await conn.execute(
+                    sa.select(users.c.credits, users.c.version).where(users.c.userid == user_id)
+                )
+            ).one_or_none()
+        if row is None:
+            raise user_not_found(user_id)  # journaled too: every retry gets the same 404
+        return Balance(credits=row.credits, version=row.version)
+
+    balance = await ctx.run_typed("read credits", read_credits)
+    if balance.credits == 0:
+        # The branch follows the journaled value: the same decision on every attempt.
+        log.warning("ALERT: user %r has no credits left (invocation %s)", user_id, invocation)
+    return balance
+
+
+@simple.handler(name="insert", input_serde=boundary.JSON_INPUT)
+async def insert(ctx: restate.Context, payload: Any) -> Inserted:
+    """Create a user unless one with this id exists. A repeat changes nothing; after a crash
+    between the commit and the answer, the retry answers ``inserted: false``."""
+    req = boundary.parse(NewUser, payload)
+    invocation = ctx.request().id
+    statement = (
+        pg_insert(users)
+        .values(userid=req.user_id, name=req.name, address=req.address, credits=req.credits)
+        .on_conflict_do_nothing(index_elements=[users.c.userid])
+        .returning(users.c.userid)
+    )
+    async with (
+        boundary.database_errors(f"inserting user {req.user_id!r}"),
+        db.engine().begin() as conn,
+    ):
+        inserted = (await conn.execute(statement)).one_or_none() is not None
+    await failpoints.hit(INSERT_AFTER_COMMIT, invocation)
+    log.info("insert %r: inserted=%s (invocation %s)", req.user_id, inserted, invocation)
+    return Inserted(inserted=inserted)
+
+
+@simple.handler(name="update", input_serde=boundary.JSON_INPUT)
+async def update(ctx: restate.Context, payload: Any) -> Updated:
+    """Set a user's name. Idempotent: the second run finds the name already set."""
+    req = boundary.parse(Rename, payload)
+    invocation = ctx.request().id
+    statement = (
+        sa.update(users)
+        .where(users.c.userid == req.user_id, users.c.name.is_distinct_from(req.new_name))
+        .values(name=req.new_name)
+        .returning(users.c.userid)
+    )
+    async with (
+        boundary.database_errors(f"renaming user {req.user_id!r}"),
+        db.engine().begin() as conn,
+    ):
+        updated = (await conn.execute(statement)).one_or_none() is not None
+        exists = updated or bool(
+            await conn.scalar(sa.select(sa.exists().where(users.c.userid == req.user_id)))
+        )
+    if not exists:
+        raise user_not_found(req.user_id)
+    await failpoints.hit(UPDATE_AFTER_COMMIT, invocation)
+    log.info("update %r: updated=%s (invocation %s)", req.user_id, updated, invocation)
+    return Updated(updated=updated)
