@@ -7,12 +7,15 @@ with prior knowledge, so restate-server uses a bidirectional streaming connectio
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
 import restate
 
-from dbpatterns import db
+from dbpatterns import db, janitor
+from dbpatterns.config import get_settings
 from dbpatterns.patterns import SERVICES
 
 Scope = dict[str, Any]
@@ -27,11 +30,13 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
     """ASGI entry: the Restate app, plus the lifespan events it does not handle itself.
 
     The database engine is closed on shutdown, so no connection is left half-open behind a
-    stopped service.
+    stopped service. In between, the prepared-transaction janitor runs in the background
+    (``DBPATTERNS_JANITOR_INTERVAL``; see ``dbpatterns.janitor``).
     """
     if scope["type"] != "lifespan":
         await restate_app(scope, receive, send)
         return
+    janitor_task: asyncio.Task[None] | None = None
     while True:
         message: Message = await receive()
         if message["type"] == "lifespan.startup":
@@ -40,9 +45,18 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
             except Exception as exc:
                 await send({"type": "lifespan.startup.failed", "message": repr(exc)})
                 return
+            interval = get_settings().janitor_interval
+            if interval.total_seconds() > 0:
+                janitor_task = asyncio.create_task(
+                    janitor.run_periodically(get_settings(), interval)
+                )
             log.info("dbpatterns service started")
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            if janitor_task is not None:
+                janitor_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await janitor_task
             await db.dispose()
             await send({"type": "lifespan.shutdown.complete"})
             return

@@ -130,6 +130,37 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_janitor(settings: Settings, args: argparse.Namespace) -> int:
+    import time
+    from datetime import timedelta
+
+    import httpx
+    import psycopg
+
+    from dbpatterns import janitor
+
+    grace = timedelta(seconds=args.grace)
+    while True:
+        try:
+            verdicts = janitor.sweep(settings, grace=grace, dry_run=args.dry_run)
+        except (httpx.HTTPError, psycopg.OperationalError) as exc:
+            raise LabError(
+                f"cannot sweep prepared transactions: {exc}",
+                "is the lab up (`dbpatterns status`)? The janitor needs Postgres and Restate's "
+                f"admin API ({settings.admin_url}); it rolls back nothing it cannot check",
+            ) from exc
+        for verdict in verdicts:
+            print(verdict, flush=True)
+        if not verdicts:
+            print("no prepared transactions of twoPhaseCommit", flush=True)
+        if args.once:
+            return 0
+        try:
+            time.sleep(settings.janitor_interval.total_seconds() or janitor.GRACE.total_seconds())
+        except KeyboardInterrupt:
+            return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dbpatterns", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -141,6 +172,19 @@ def parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("reset", help="delete the lab's data (postgres and restate)")
     rs.add_argument("--yes", action="store_true", help="really delete")
     sub.add_parser("migrate", help="alembic upgrade head + seed rows, on DBPATTERNS_DATABASE_URL")
+    jn = sub.add_parser(
+        "janitor",
+        help="roll back twoPhaseCommit's prepared transactions whose invocation has ended",
+    )
+    jn.add_argument("--once", action="store_true", help="one sweep, then exit")
+    jn.add_argument("--dry-run", action="store_true", help="say what would be rolled back, only")
+    jn.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="leave prepared transactions younger than this alone (default 60)",
+    )
     return p
 
 
@@ -150,6 +194,7 @@ COMMANDS = {
     "psql": cmd_psql,
     "reset": cmd_reset,
     "migrate": cmd_migrate,
+    "janitor": cmd_janitor,
 }
 
 

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     idempotency_token_ttl: timedelta = Field(
         default=timedelta(days=1), description="How long idempotency.update keeps its token."
     )
+    janitor_interval: timedelta = Field(
+        default=timedelta(seconds=30),
+        description="How often the service runs the prepared-transaction janitor; 0 turns it off.",
+    )
     restate_ingress_url: str | None = Field(
         default=None, description="Where to reach the ingress, when not on bind_host (compose)."
     )

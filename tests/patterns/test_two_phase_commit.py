@@ -1,0 +1,318 @@
+"""twoPhaseCommit: exactly once through prepared transactions, with nothing left behind.
+
+Every test ends with the same checks of the quiet system: the balance is exact, no prepared
+transaction of the pattern is left in ``pg_prepared_xacts``, and no session of the service's
+pool is left in a transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from dbpatterns.client import Admin, Ingress
+from dbpatterns.config import Settings
+from dbpatterns.patterns.two_phase_commit import GID_PREFIX, gid_for
+from dbpatterns.stack import RestateServer, ServiceProcess, free_port, register_deployment
+from tests.conftest import RestateEndpoints
+
+SERVICE = "twoPhaseCommit"
+POOL_SIZE = Settings().pool_size  # the session service runs with the default pool
+
+
+def credits_of(db: psycopg.Connection[Any], user_id: str) -> int:
+    row = db.execute("SELECT credits FROM users WHERE userid = %s", (user_id,)).fetchone()
+    assert row is not None, f"user {user_id} is gone"
+    return int(row[0])
+
+
+def prepared_gids(db: psycopg.Connection[Any]) -> list[str]:
+    rows = db.execute(
+        "SELECT gid FROM pg_prepared_xacts WHERE starts_with(gid, %s)", (GID_PREFIX,)
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def pool_sessions(db: psycopg.Connection[Any]) -> dict[str, int]:
+    """The service's Postgres sessions by state (``idle``, ``idle in transaction``, ...)."""
+    rows = db.execute(
+        "SELECT state, count(*) FROM pg_stat_activity"
+        " WHERE application_name = 'dbpatterns-service' GROUP BY state"
+    ).fetchall()
+    return {str(state): int(n) for state, n in rows}
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def assert_quiet(db: psycopg.Connection[Any], services: int = 1) -> None:
+    """Nothing prepared left behind, and every pooled session idle (none in a transaction)."""
+    wait_for(lambda: not prepared_gids(db), 10, "no prepared transaction left")
+    wait_for(lambda: set(pool_sessions(db)) <= {"idle"}, 10, "every pool session idle")
+    assert sum(pool_sessions(db).values()) <= services * POOL_SIZE
+
+
+def update(ingress: Ingress, user: str, add: int, **kw: Any) -> httpx.Response:
+    return ingress.call(SERVICE, "update", {"userId": user, "addCredits": add}, **kw)
+
+
+def fired(failpoints_file: Path, name: str) -> bool:
+    """A ``1*`` failpoint that fired reads ``off`` in the control file."""
+    return f"{name}=off" in failpoints_file.read_text()
+
+
+# --- the plain path ----------------------------------------------------------------------------
+
+
+def test_update_adds_the_credits_once_and_commits_its_prepared_transaction(
+    ingress: Ingress, db: psycopg.Connection[Any], new_user: Callable[..., str]
+) -> None:
+    user = new_user(credits=100)
+    response = update(ingress, user, 5)
+    assert response.status_code == 200, response.text
+    invocation = response.headers["x-restate-id"]
+    assert response.json() == {
+        "committed": True,
+        "credits": 105,
+        "transaction": gid_for(invocation),
+    }
+    assert credits_of(db, user) == 105
+    assert_quiet(db)
+
+
+def test_the_same_idempotency_key_twice_adds_once(
+    ingress: Ingress, db: psycopg.Connection[Any], new_user: Callable[..., str]
+) -> None:
+    user = new_user(credits=100)
+    key = f"tpc-{uuid.uuid4()}"
+    first = update(ingress, user, 7, idempotency_key=key)
+    second = update(ingress, user, 7, idempotency_key=key)
+    assert (first.status_code, second.status_code) == (200, 200), (first.text, second.text)
+    assert first.json() == second.json()
+    assert credits_of(db, user) == 107
+    assert_quiet(db)
+
+
+def test_more_calls_than_the_pool_has_connections_all_succeed(
+    ingress: Ingress, db: psycopg.Connection[Any], new_user: Callable[..., str]
+) -> None:
+    """The TypeScript helper leaks one pooled connection per call and stops answering once the
+    pool is empty; here every call gives its connection back, clean."""
+    user = new_user(credits=0)
+    calls = 2 * POOL_SIZE + 1
+    for _ in range(calls):
+        response = update(ingress, user, 1)
+        assert response.status_code == 200, response.text
+    assert credits_of(db, user) == calls
+    assert_quiet(db)
+
+
+# --- a forced retry of each step ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "twoPhaseCommit.update.before-prepare",
+        "twoPhaseCommit.update.after-prepare",
+        "twoPhaseCommit.update.before-commit",
+        "twoPhaseCommit.update.after-commit",
+    ],
+)
+def test_update_adds_once_when_a_step_fails_once_at(
+    point: str,
+    ingress: Ingress,
+    db: psycopg.Connection[Any],
+    new_user: Callable[..., str],
+    failpoint: Callable[[str, str], None],
+    failpoints_file: Path,
+) -> None:
+    """after-prepare: the retry finds the orphaned prepared transaction under its gid, rolls
+    it back and prepares again. after-commit: the retry's COMMIT PREPARED fails with 42704 and
+    pg_xact_status says committed. Either way the credits are added exactly once."""
+    user = new_user(credits=100)
+    failpoint(point, "1*error")
+    response = update(ingress, user, 5)
+    assert fired(failpoints_file, point), f"{point} did not fire"
+    assert response.status_code == 200, response.text
+    assert response.json()["credits"] == 105
+    assert credits_of(db, user) == 105
+    assert_quiet(db)
+
+
+# --- cancellation ------------------------------------------------------------------------------
+
+
+def test_a_cancelled_invocation_rolls_back_its_prepared_transaction(
+    ingress: Ingress,
+    admin: Admin,
+    db: psycopg.Connection[Any],
+    new_user: Callable[..., str],
+    failpoint: Callable[[str, str], None],
+) -> None:
+    """Cancelled while its transaction is prepared: the invocation rolls it back itself,
+    answers 409, and the credits are not added."""
+    user = new_user(credits=100)
+    failpoint("twoPhaseCommit.update.after-prepare", "1*sleep(3000)")
+    sent = update(ingress, user, 5, send=True)
+    assert sent.status_code == 202, sent.text
+    invocation = sent.json()["invocationId"]
+    wait_for(lambda: gid_for(invocation) in prepared_gids(db), 10, "the transaction to prepare")
+    cancel = admin.http.patch(f"/invocations/{invocation}/cancel")
+    assert cancel.status_code in (200, 202), cancel.text
+    outcome = ingress.http.get(f"/restate/invocation/{invocation}/attach")
+    assert outcome.status_code == 409, outcome.text
+    assert credits_of(db, user) == 100
+    assert_quiet(db)
+
+
+def test_unknown_user_is_404_and_leaves_nothing_prepared(
+    ingress: Ingress, db: psycopg.Connection[Any], users_checksum: Callable[[], str]
+) -> None:
+    before = users_checksum()
+    response = update(ingress, f"nobody-{uuid.uuid4().hex[:8]}", 5)
+    assert response.status_code == 404, response.text
+    assert "not found" in response.text
+    assert users_checksum() == before
+    assert_quiet(db)
+
+
+# --- under load --------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    acknowledged: dict[str, int]
+    calls: int
+    failures: list[str]
+
+
+async def _hammer(url: str, users: list[str], callers: int, seconds: float) -> Load:
+    load = Load({u: 0 for u in users}, 0, [])
+    deadline = time.monotonic() + seconds
+    limits = httpx.Limits(max_connections=callers, max_keepalive_connections=callers)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def caller(seed: int) -> None:
+            rnd = random.Random(seed)
+            while time.monotonic() < deadline:
+                user, add = rnd.choice(users), rnd.randint(1, 9)
+                try:
+                    r = await client.post(
+                        f"/{SERVICE}/update", json={"userId": user, "addCredits": add}
+                    )
+                except httpx.HTTPError as exc:
+                    load.failures.append(repr(exc))
+                    continue
+                load.calls += 1
+                if r.status_code == 200:
+                    load.acknowledged[user] += add
+                else:
+                    load.failures.append(f"{r.status_code} {r.text}")
+
+        await asyncio.gather(*(caller(i) for i in range(callers)))
+    return load
+
+
+@pytest.mark.slow
+def test_64_concurrent_callers_for_10_seconds_leave_an_exact_ledger_and_a_clean_pool(
+    ingress: Ingress, db: psycopg.Connection[Any], new_user: Callable[..., str]
+) -> None:
+    users = [new_user(credits=0) for _ in range(8)]
+    load = asyncio.run(_hammer(ingress.url, users, callers=64, seconds=10))
+    assert not load.failures, f"{len(load.failures)} failed, e.g. {load.failures[:3]}"
+    assert load.calls > 64
+    assert {u: credits_of(db, u) for u in users} == load.acknowledged
+    assert_quiet(db)
+    # The pool still serves: more calls than it has connections, one after the other.
+    for _ in range(POOL_SIZE + 1):
+        assert update(ingress, users[0], 1).status_code == 200
+    assert credits_of(db, users[0]) == load.acknowledged[users[0]] + POOL_SIZE + 1
+
+
+# --- every step replayed -----------------------------------------------------------------------
+
+
+@dataclass
+class EagerStack:
+    ingress: Ingress
+    restate_log: Path
+
+
+@pytest.fixture(scope="module")
+def eager_stack(
+    settings: Settings, restate_server: RestateEndpoints, service: ServiceProcess
+) -> Iterator[EagerStack]:
+    """A second restate-server with an inactivity timeout of 0 (an invocation suspends as soon
+    as it waits for Restate, and replays its journal on the next attempt), and a second service
+    process registered to it, on the same database. Its janitor is off: the invocations of
+    the session's restate-server are unknown to this one."""
+    if restate_server.server is None:
+        pytest.skip("needs the local restate-server binary (--backend=local)")
+    home = settings.home / "eager"
+    eager = settings.model_copy(
+        update={
+            "ingress_port": free_port(),
+            "admin_port": free_port(),
+            "restate_node_port": free_port(),
+            "service_port": free_port(),
+            "janitor_interval": timedelta(0),
+        }
+    )
+    restate = RestateServer(eager, home / "restate")
+    restate.start(
+        env={
+            "RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT": "0s",
+            "RESTATE_LOG_FILTER": "info,restate_invoker=debug",  # logs each attempt
+        }
+    )
+    svc = ServiceProcess(eager, home / "logs" / "service.log")
+    try:
+        svc.start()
+        register_deployment(eager.admin_url, eager.service_url)
+        with Ingress(eager.ingress_url) as client:
+            yield EagerStack(client, restate.log_path)
+    finally:
+        svc.stop()
+        restate.stop()
+
+
+def attempts_of(restate_log: Path, invocation: str) -> int:
+    """How many attempts restate-server started for an invocation (its invoker's debug log)."""
+    records = re.split(r"\n(?=\d{4}-\d\d-\d\dT)", restate_log.read_text(errors="replace"))
+    return sum(
+        "Executing invocation at deployment" in r and f"restate.invocation.id: {invocation}" in r
+        for r in records
+    )
+
+
+def test_update_makes_progress_when_every_step_replays(
+    eager_stack: EagerStack, db: psycopg.Connection[Any], new_user: Callable[..., str]
+) -> None:
+    """Inactivity timeout 0: the invocation suspends after each step and the next attempt
+    replays the journal (one attempt per step, at least 3), yet adds exactly once."""
+    user = new_user(credits=100)
+    for i in range(1, 6):
+        response = update(eager_stack.ingress, user, 1)
+        assert response.status_code == 200, response.text
+        assert response.json()["credits"] == 100 + i
+        attempts = attempts_of(eager_stack.restate_log, response.headers["x-restate-id"])
+        assert attempts >= 3, f"only {attempts} attempt(s): the steps did not replay"
+    assert credits_of(db, user) == 105
+    assert_quiet(db, services=2)
