@@ -26,6 +26,14 @@ log = logging.getLogger("dbpatterns")
 restate_app = restate.app(services=SERVICES, protocol="bidi")
 
 
+def configure_logging() -> None:
+    """Handler logs (with invocation ids) and failpoint hits (with the pid) go to stderr."""
+    logging.basicConfig(
+        level=get_settings().log_level,
+        format="%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s",
+    )
+
+
 async def app(scope: Scope, receive: Any, send: Any) -> None:
     """ASGI entry: the Restate app, plus the lifespan events it does not handle itself.
 
@@ -41,6 +49,7 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         message: Message = await receive()
         if message["type"] == "lifespan.startup":
             try:
+                configure_logging()
                 db.engine()  # reads and validates the settings: a bad one stops the start
             except Exception as exc:
                 await send({"type": "lifespan.startup.failed", "message": repr(exc)})

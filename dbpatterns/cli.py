@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from dbpatterns.config import Settings, get_settings
-from dbpatterns.stack import LabError, Stack, pid_alive, probe, read_state
+from dbpatterns.stack import LabError, Stack, find_restate_binary, pid_alive, probe, read_state
 
 LOOK_AT_THE_DATA = "SELECT * FROM users;  SELECT * FROM user_idempotency;"
 
@@ -36,9 +36,12 @@ Look at the data:
 
 Call a handler through Restate:
   curl {ingress}/simple/read --json '"A"'
+  curl {ingress}/keyed/A/updateConditional --json '10' -H 'idempotency-key: top-up-1'
+  curl {ingress}/idempotency/update --json '{{"userId":"A","addCredits":5}}' -H 'idempotency-key: 1'
+  curl {ingress}/twoPhaseCommit/update --json '{{"userId": "B", "addCredits": 3}}'
 
 Inspect invocations with the restate CLI:
-  RESTATE_ADMIN_URL={s.admin_url} npx restate invocations list
+  dbpatterns restate invocations list
 
 Ctrl-C stops every part; the data stays for the next `dbpatterns up` (`dbpatterns reset` wipes it).
 """
@@ -161,6 +164,13 @@ def cmd_janitor(settings: Settings, args: argparse.Namespace) -> int:
             return 0
 
 
+def cmd_restate(settings: Settings, args: argparse.Namespace) -> int:
+    cli = find_restate_binary("restate", "restate")
+    env = {**os.environ, "RESTATE_ADMIN_URL": settings.admin_url}
+    os.execve(cli, [str(cli), *args.restate_args], env)
+    return 0  # not reached
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dbpatterns", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -185,6 +195,8 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="leave prepared transactions younger than this alone (default 60)",
     )
+    rc = sub.add_parser("restate", help="the restate CLI, aimed at the lab's admin API")
+    rc.add_argument("restate_args", nargs=argparse.REMAINDER, help="e.g. invocations list")
     return p
 
 
@@ -195,6 +207,7 @@ COMMANDS = {
     "reset": cmd_reset,
     "migrate": cmd_migrate,
     "janitor": cmd_janitor,
+    "restate": cmd_restate,
 }
 
 

@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     restate_node_port: int = Field(default=5122, description="restate-server's node fabric.")
     service_port: int = 9080
     pool_size: int = Field(default=10, ge=1, le=500)
+    log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     lock_timeout_ms: int = Field(
         default=2000, ge=0, description="A row locked by a stuck transaction fails the step fast."
     )
