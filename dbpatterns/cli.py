@@ -211,8 +211,16 @@ COMMANDS = {
 }
 
 
+#: Commands whose arguments belong to another program, passed on untouched (``psql -c ...``).
+PASSTHROUGH = {"psql": "psql_args", "restate": "restate_args"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        args = argparse.Namespace(command=argv[0], **{PASSTHROUGH[argv[0]]: argv[1:]})
+    else:
+        args = parser().parse_args(argv)
     try:
         return COMMANDS[args.command](get_settings(), args)
     except LabError as exc:
