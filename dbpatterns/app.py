@@ -23,7 +23,11 @@ Message = dict[str, Any]
 
 log = logging.getLogger("dbpatterns")
 
-restate_app = restate.app(services=SERVICES, protocol="bidi")
+# Only restate-server may call the handlers: it signs every request, the app checks the
+# signature (401 otherwise). See dbpatterns/identity.py.
+restate_app = restate.app(
+    services=SERVICES, protocol="bidi", identity_keys=get_settings().service_identity_keys()
+)
 
 
 def configure_logging() -> None:

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from dbpatterns.config import Settings, get_settings
@@ -171,6 +172,16 @@ def cmd_restate(settings: Settings, args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def cmd_keygen(settings: Settings, args: argparse.Namespace) -> int:
+    from dbpatterns import identity
+
+    folder = args.dir or settings.identity_dir
+    private, public = identity.ensure_key_pair(folder)
+    print(f"private key (restate-server): {private}")
+    print(f"public key (the service):     {public}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dbpatterns", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -195,6 +206,10 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="leave prepared transactions younger than this alone (default 60)",
     )
+    kg = sub.add_parser("keygen", help="make (once) the request identity key pair")
+    kg.add_argument(
+        "dir", nargs="?", type=Path, help="folder for the keys (default: .lab/identity)"
+    )
     rc = sub.add_parser("restate", help="the restate CLI, aimed at the lab's admin API")
     rc.add_argument("restate_args", nargs=argparse.REMAINDER, help="e.g. invocations list")
     return p
@@ -208,6 +223,7 @@ COMMANDS = {
     "migrate": cmd_migrate,
     "janitor": cmd_janitor,
     "restate": cmd_restate,
+    "keygen": cmd_keygen,
 }
 
 

@@ -82,6 +82,18 @@ class Settings(BaseSettings):
         default=timedelta(seconds=30),
         description="How often the service runs the prepared-transaction janitor; 0 turns it off.",
     )
+    request_identity: bool = Field(
+        default=True,
+        description="The service answers only requests signed by the lab's restate-server.",
+    )
+    identity_public_key: str | None = Field(
+        default=None,
+        pattern=r"^publickeyv1_[1-9A-HJ-NP-Za-km-z]+$",
+        description="restate-server's request identity key; the embedded stack sets it.",
+    )
+    identity_public_key_file: Path | None = Field(
+        default=None, description="A file holding that key (docker-compose's keygen writes one)."
+    )
     restate_ingress_url: str | None = Field(
         default=None, description="Where to reach the ingress, when not on bind_host (compose)."
     )
@@ -94,6 +106,26 @@ class Settings(BaseSettings):
     restate_bin: Path | None = Field(
         default=None, description="The restate-server binary; the npm package's when unset."
     )
+
+    @property
+    def identity_dir(self) -> Path:
+        """Where the embedded stack keeps the request identity key pair."""
+        return self.home / "identity"
+
+    def service_identity_keys(self) -> list[str]:
+        """The public keys the service accepts signatures from; empty means no check."""
+        if not self.request_identity:
+            return []
+        if self.identity_public_key:
+            return [self.identity_public_key]
+        if self.identity_public_key_file:
+            return [self.identity_public_key_file.read_text().strip()]
+        raise ValueError(
+            "request identity is on but no key is given: set DBPATTERNS_IDENTITY_PUBLIC_KEY "
+            "(publickeyv1_..., printed by `dbpatterns keygen`) or "
+            "DBPATTERNS_IDENTITY_PUBLIC_KEY_FILE; DBPATTERNS_REQUEST_IDENTITY=false turns the "
+            "check off (then anyone who reaches the port can call the handlers directly)"
+        )
 
     @property
     def db_url(self) -> URL:

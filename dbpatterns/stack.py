@@ -39,7 +39,7 @@ import httpx
 import psycopg
 from psycopg import sql
 
-from dbpatterns import migrate
+from dbpatterns import identity, migrate
 from dbpatterns.config import PROJECT_ROOT, RestateTuning, Settings
 
 PG_CONF = PROJECT_ROOT / "db" / "postgresql.conf"
@@ -520,6 +520,7 @@ class RestateServer:
         self.log_path = root.parent / "logs" / "restate.log"
         self.extra_config = extra_config
         self.process: ChildProcess | None = None
+        self.identity_key_file: Path | None = None
 
     def config_toml(self) -> str:
         s = self.settings
@@ -538,7 +539,13 @@ class RestateServer:
             f'on-max-attempts = "{t.RETRY_ON_MAX_ATTEMPTS}"\n\n'
             "[worker.invoker]\n"
             f'inactivity-timeout = "{t.INACTIVITY_TIMEOUT}"\n'
-            f'abort-timeout = "{t.ABORT_TIMEOUT}"\n\n'
+            f'abort-timeout = "{t.ABORT_TIMEOUT}"\n'
+            + (
+                f'request-identity-private-key-pem-file = "{self.identity_key_file}"\n'
+                if self.identity_key_file
+                else ""
+            )
+            + "\n"
             "[ingress]\n"
             f'bind-address = "{s.bind_host}:{s.ingress_port}"\n\n'
             "[admin]\n"
@@ -548,6 +555,8 @@ class RestateServer:
     def start(self, timeout: float = 30.0, env: Mapping[str, str] | None = None) -> ChildProcess:
         binary = find_restate_binary("restate-server", "restate-server", self.settings.restate_bin)
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.settings.request_identity:
+            self.identity_key_file, _ = identity.ensure_key_pair(self.settings.identity_dir)
         self.config_path.write_text(self.config_toml())
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("RESTATE_")}
         child_env.update(env or {})
@@ -635,6 +644,9 @@ class ServiceProcess:
     def start(self, timeout: float = 30.0) -> ChildProcess:
         env = dict(os.environ)
         env.update(settings_env(self.settings))
+        if self.settings.request_identity and not self.settings.identity_public_key:
+            _, public_key = identity.ensure_key_pair(self.settings.identity_dir)
+            env["DBPATTERNS_IDENTITY_PUBLIC_KEY"] = public_key
         env.update(self.extra_env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.process = spawn("service", self.argv(), self.log_path, env=env, cwd=PROJECT_ROOT)

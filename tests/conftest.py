@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from dbpatterns import failpoints, migrate
+from dbpatterns import failpoints, identity, migrate
 from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import RestateTuning, Settings
 from dbpatterns.stack import (
@@ -162,8 +162,14 @@ def restate_server(backend: str, settings: Settings) -> Iterator[RestateEndpoint
         from testcontainers.core.waiting_utils import wait_for_logs
 
         # Host networking: the container reaches the service on this machine's loopback.
-        container = DockerContainer(RESTATE_IMAGE).with_kwargs(network_mode="host")
+        key_file, _ = identity.ensure_key_pair(settings.identity_dir)
+        container = (
+            DockerContainer(RESTATE_IMAGE)
+            .with_kwargs(network_mode="host")
+            .with_volume_mapping(str(key_file), "/identity/key.pem", "ro")
+        )
         env = {
+            "RESTATE_WORKER__INVOKER__REQUEST_IDENTITY_PRIVATE_KEY_PEM_FILE": "/identity/key.pem",
             **RestateTuning.as_env(),
             "RESTATE_INGRESS__BIND_ADDRESS": f"127.0.0.1:{settings.ingress_port}",
             "RESTATE_ADMIN__BIND_ADDRESS": f"127.0.0.1:{settings.admin_port}",

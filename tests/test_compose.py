@@ -11,6 +11,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from dbpatterns import identity
 from dbpatterns.config import PROJECT_ROOT, RestateTuning, Settings
 from dbpatterns.stack import ServiceProcess
 
@@ -115,3 +116,21 @@ def test_registration_points_restate_at_the_service(
     body = json.loads(args[args.index("-d") + 1])
     assert body["uri"] == f"http://service:{defaults.service_port}"
     assert args[args.index("POST") + 1] == f"http://restate:{defaults.admin_port}/deployments"
+
+
+def test_restate_signs_with_the_key_the_service_checks(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    keygen = services["keygen"]
+    volume, folder = keygen["volumes"][0].split(":")[:2]
+    assert keygen["command"] == ["dbpatterns", "keygen", folder]
+    private = services["restate"]["environment"][
+        "RESTATE_WORKER__INVOKER__REQUEST_IDENTITY_PRIVATE_KEY_PEM_FILE"
+    ]
+    public = services["service"]["environment"]["DBPATTERNS_IDENTITY_PUBLIC_KEY_FILE"]
+    assert private == f"{folder}/{identity.PRIVATE_KEY_FILE}"
+    assert public == f"{folder}/{identity.PUBLIC_KEY_FILE}"
+    for name in ("restate", "service"):
+        assert f"{volume}:{folder}:ro" in services[name]["volumes"]
+        assert services[name]["depends_on"]["keygen"] == {
+            "condition": "service_completed_successfully"
+        }
