@@ -39,7 +39,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from dbpatterns import boundary, db, failpoints
 from dbpatterns.patterns.models import Balance, CreditsToAdd
-from dbpatterns.patterns.simple import user_not_found
+from dbpatterns.patterns.simple import read_balance, user_not_found
 from dbpatterns.schema import users
 
 log = logging.getLogger("dbpatterns.keyed")
@@ -128,18 +128,10 @@ async def update_conditional(ctx: restate.ObjectContext, payload: Any) -> Balanc
     add = boundary.parse_value(CreditsToAdd, payload).value
     invocation = ctx.request().id
 
-    async def read_balance() -> Balance:
-        query = sa.select(users.c.credits, users.c.version).where(users.c.userid == user_id)
-        async with (
-            boundary.database_errors(f"reading the credits of {user_id!r}"),
-            db.engine().connect() as conn,
-        ):
-            row = (await conn.execute(query)).one_or_none()
-        if row is None:
-            raise user_not_found(user_id)
-        return Balance(credits=row.credits, version=row.version)
+    async def read_credits_and_version() -> Balance:
+        return await read_balance(user_id)
 
-    seen = await ctx.run_typed("read credits, version", read_balance)
+    seen = await ctx.run_typed("read credits, version", read_credits_and_version)
     await failpoints.hit(CONDITIONAL_AFTER_READ, invocation)
     target = Balance(credits=seen.credits + add, version=seen.version + 1)
 
@@ -177,13 +169,4 @@ async def update_conditional(ctx: restate.ObjectContext, payload: Any) -> Balanc
 @keyed.handler(name="read", kind="shared")
 async def read(ctx: restate.ObjectSharedContext) -> Balance:
     """Credits and version now. Shared: not queued behind a running update of the same key."""
-    user_id = user_key(ctx)
-    query = sa.select(users.c.credits, users.c.version).where(users.c.userid == user_id)
-    async with (
-        boundary.database_errors(f"reading the credits of {user_id!r}"),
-        db.engine().connect() as conn,
-    ):
-        row = (await conn.execute(query)).one_or_none()
-    if row is None:
-        raise user_not_found(user_id)
-    return Balance(credits=row.credits, version=row.version)
+    return await read_balance(user_key(ctx))

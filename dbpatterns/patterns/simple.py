@@ -66,6 +66,20 @@ def user_not_found(user_id: str) -> restate.TerminalError:
     )
 
 
+async def read_balance(user_id: str) -> Balance:
+    """Credits and version of a user now, or the 404. A plain SELECT, journaled by the caller
+    if at all."""
+    query = sa.select(users.c.credits, users.c.version).where(users.c.userid == user_id)
+    async with (
+        boundary.database_errors(f"reading the credits of {user_id!r}"),
+        db.engine().connect() as conn,
+    ):
+        row = (await conn.execute(query)).one_or_none()
+    if row is None:
+        raise user_not_found(user_id)
+    return Balance(credits=row.credits, version=row.version)
+
+
 @simple.handler(name="read", input_serde=boundary.JSON_INPUT)
 async def read(ctx: restate.Context, payload: Any) -> User:
     """The user row. Not journaled: a retry reads again."""
@@ -90,18 +104,7 @@ async def durable_read(ctx: restate.Context, payload: Any) -> Balance:
     invocation = ctx.request().id
 
     async def read_credits() -> Balance:
-        async with (
-            boundary.database_errors(f"reading the credits of {user_id!r}"),
-            db.engine().connect() as conn,
-        ):
-            row = (
-                await conn.execute(
-                    sa.select(users.c.credits, users.c.version).where(users.c.userid == user_id)
-                )
-            ).one_or_none()
-        if row is None:
-            raise user_not_found(user_id)  # journaled too: every retry gets the same 404
-        return Balance(credits=row.credits, version=row.version)
+        return await read_balance(user_id)  # a 404 is journaled too: every retry gets it
 
     balance = await ctx.run_typed("read credits", read_credits)
     if balance.credits == 0:
