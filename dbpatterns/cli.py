@@ -9,6 +9,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -182,6 +183,33 @@ def cmd_keygen(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from dbpatterns import bench
+
+    names = set(args.workloads.split(",")) if args.workloads else None
+    workloads = [w for w in bench.WORKLOADS if names is None or w.name in names]
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    print(
+        f"benchmark against {settings.ingress_url}: {len(workloads)} workloads x "
+        f"{len(concurrencies)} concurrencies x 2 distributions, {args.duration:g} s each"
+    )
+    results = bench.benchmark(
+        settings, concurrencies=concurrencies, duration=args.duration, workloads=workloads
+    )
+    meta = {
+        "duration": args.duration,
+        "concurrencies": concurrencies,
+        "cores": os.cpu_count(),
+        "pool_size": settings.pool_size,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    path = bench.write_results(results, args.out, meta)
+    print("\n" + bench.markdown(results))
+    print(json.dumps(bench.summary(results), indent=2))
+    print(f"results: {path} (+ bench.md, bench.png)")
+    return 0 if all(r.ledger_exact for r in results) else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dbpatterns", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -206,6 +234,11 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="leave prepared transactions younger than this alone (default 60)",
     )
+    bn = sub.add_parser("bench", help="what each pattern costs, against the running lab")
+    bn.add_argument("--concurrency", default="16,64", help="comma-separated (default 16,64)")
+    bn.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
+    bn.add_argument("--workloads", help="comma-separated subset, e.g. baseline.noop,keyed.update")
+    bn.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
     kg = sub.add_parser("keygen", help="make (once) the request identity key pair")
     kg.add_argument(
         "dir", nargs="?", type=Path, help="folder for the keys (default: .lab/identity)"
@@ -224,6 +257,7 @@ COMMANDS = {
     "janitor": cmd_janitor,
     "restate": cmd_restate,
     "keygen": cmd_keygen,
+    "bench": cmd_bench,
 }
 
 

@@ -89,7 +89,7 @@ def test_service_is_registered_as_a_bidi_http2_deployment(
     assert ours[0]["protocol_type"] == "BidiStream"
     assert ours[0]["http_version"] == "HTTP/2.0"
     names = {s["name"] for s in ours[0]["services"]}
-    assert names == {"simple", "keyed", "idempotency", "twoPhaseCommit"}
+    assert names == {"simple", "keyed", "idempotency", "twoPhaseCommit", "baseline"}
 
 
 def test_a_request_through_the_ingress_reaches_the_service_and_returns(ingress: Ingress) -> None:

@@ -1,0 +1,185 @@
+"""The benchmark's load: a process of its own that drives one workload and reports JSON.
+
+Run by ``dbpatterns bench`` as ``python -m dbpatterns.loadgen SPEC_JSON``; it prints one JSON
+object on stdout. Requests go over plain HTTP/1.1 keep-alive connections, one per virtual
+user, written and parsed by hand on asyncio streams: an HTTP client library would cost more
+CPU than the service it measures on a 2-core machine. Every request is bounded in time, the
+whole run by ``duration``; nothing targets anything but the given loopback address.
+
+The ``direct`` workload is the one without Restate: the same credit UPDATE, through the same
+engine and pool code as the service (``dbpatterns.db.create_engine``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+
+REQUEST_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Spec:
+    workload: str  # a key of TARGETS, or "direct"
+    ingress_url: str
+    database_url: str
+    users: list[str]
+    concurrency: int
+    duration: float
+    pool_size: int = 10
+    delta: int = 1
+    seed: int = 1
+
+
+@dataclass
+class Outcome:
+    ok: int = 0
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    latencies_ms: list[float] = field(default_factory=list)
+    acked: dict[str, int] = field(default_factory=dict)  # user -> credits acknowledged
+    elapsed: float = 0.0
+
+    def success(self, user: str, delta: int, started: float) -> None:
+        self.ok += 1
+        self.latencies_ms.append((time.perf_counter() - started) * 1000)
+        if delta:
+            self.acked[user] = self.acked.get(user, 0) + delta
+
+    def failure(self, what: str) -> None:
+        self.errors += 1
+        if len(self.error_samples) < 5:
+            self.error_samples.append(what[:300])
+
+
+def target(workload: str, user: str, delta: int) -> tuple[str, bytes, int]:
+    """(path, body, credits this request adds) for one request of ``workload``."""
+    update = json.dumps({"userId": user, "addCredits": delta}).encode()
+    routes: dict[str, tuple[str, bytes, int]] = {
+        "baseline.noop": ("/baseline/noop", b"", 0),
+        "simple.durableRead": ("/simple/durableRead", json.dumps(user).encode(), 0),
+        "keyed.update": (f"/keyed/{user}/update", str(delta).encode(), delta),
+        "keyed.updateConditional": (f"/keyed/{user}/updateConditional", str(delta).encode(), delta),
+        "idempotency.update": ("/idempotency/update", update, delta),
+        "twoPhaseCommit.update": ("/twoPhaseCommit/update", update, delta),
+    }
+    return routes[workload]
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {
+        k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)
+    }
+    if "content-length" in headers:
+        return status, await reader.readexactly(int(headers["content-length"]))
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                return status, body
+            body += chunk[:-2]
+    return status, b""
+
+
+async def http_worker(spec: Spec, out: Outcome, deadline: float, rng: random.Random) -> None:
+    url = urlsplit(spec.ingress_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        while time.perf_counter() < deadline:
+            user = rng.choice(spec.users)
+            path, body, delta = target(spec.workload, user, spec.delta)
+            content_type = b"Content-Type: application/json\r\n" if body else b""
+            request = (
+                f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n".encode()
+                + content_type
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            started = time.perf_counter()
+            try:
+                writer.write(request)
+                status, answer = await asyncio.wait_for(read_response(reader), REQUEST_TIMEOUT)
+            except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                # The outcome is unknown; the ledger check will say whether it applied.
+                out.failure(f"{type(exc).__name__}: {exc}")
+                writer.close()
+                reader, writer = await asyncio.open_connection(host, port)
+                continue
+            if status == 200:
+                out.success(user, delta, started)
+            else:
+                out.failure(f"HTTP {status}: {answer.decode(errors='replace')}")
+    finally:
+        writer.close()
+
+
+async def direct_worker(
+    engine: Any, spec: Spec, out: Outcome, deadline: float, rng: random.Random
+) -> None:
+    from dbpatterns.schema import users
+
+    while time.perf_counter() < deadline:
+        user = rng.choice(spec.users)
+        statement = (
+            sa.update(users)
+            .where(users.c.userid == user)
+            .values(credits=users.c.credits + spec.delta, version=users.c.version + 1)
+        )
+        started = time.perf_counter()
+        try:
+            async with engine.begin() as conn:
+                await conn.execute(statement)
+        except Exception as exc:
+            out.failure(f"{type(exc).__name__}: {exc}")
+            continue
+        out.success(user, spec.delta, started)
+
+
+async def run(spec: Spec) -> Outcome:
+    out = Outcome()
+    rng = random.Random(spec.seed)
+    engine = None
+    if spec.workload == "direct":
+        from dbpatterns.config import Settings
+        from dbpatterns.db import create_engine
+
+        engine = create_engine(Settings(database_url=spec.database_url, pool_size=spec.pool_size))
+    started = time.perf_counter()
+    deadline = started + spec.duration
+    workers = [
+        direct_worker(engine, spec, out, deadline, random.Random(rng.random()))
+        if engine is not None
+        else http_worker(spec, out, deadline, random.Random(rng.random()))
+        for _ in range(spec.concurrency)
+    ]
+    await asyncio.gather(*workers)
+    out.elapsed = time.perf_counter() - started
+    if engine is not None:
+        await engine.dispose()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    spec = Spec(**json.loads(args[0]))
+    outcome = asyncio.run(run(spec))
+    json.dump(asdict(outcome), sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The benchmark's machinery, on a short run against the test stack (figures are not checked:
+they belong to `dbpatterns bench` on a quiet machine, not to a timed test)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from dbpatterns import bench
+from dbpatterns.config import Settings
+from dbpatterns.stack import ServiceProcess
+from tests.conftest import DatabaseEndpoint, RestateEndpoints
+
+
+def test_a_short_benchmark_counts_every_operation_and_finds_the_ledger_exact(
+    settings: Settings,
+    service: ServiceProcess,
+    restate_server: RestateEndpoints,
+    postgres: DatabaseEndpoint,
+    tmp_path: Path,
+) -> None:
+    pids = {"service": service.process.pid} if service.process else {}
+    if restate_server.server and restate_server.server.process:
+        pids["restate"] = restate_server.server.process.pid
+    if postgres.server and postgres.server.process:
+        pids["postgres"] = postgres.server.process.pid
+    chosen = [w for w in bench.WORKLOADS if w.name in ("baseline.noop", "keyed.updateConditional")]
+    results = bench.benchmark(
+        settings,
+        concurrencies=[4],
+        duration=1.0,
+        workloads=chosen,
+        distributions=["spread"],
+        pids=pids,
+        say=lambda _: None,
+    )
+    by_name = {r.workload: r for r in results}
+    assert set(by_name) == {"baseline.noop", "keyed.updateConditional"}
+    for r in results:
+        assert r.ops > 0
+        assert r.errors == 0, r.error_samples
+        assert r.ledger_exact
+        assert r.p50_ms <= r.p99_ms <= r.max_ms
+    assert by_name["baseline.noop"].vs_noop == 1.0
+    assert by_name["baseline.noop"].db_transactions_per_op < 0.5
+    assert by_name["keyed.updateConditional"].durable_steps_per_op == 2
+    assert by_name["keyed.updateConditional"].cpu_ms_per_op.get("service", 0) > 0
+
+    path = bench.write_results(results, tmp_path, {"test": True})
+    saved = json.loads(path.read_text())
+    assert len(saved["results"]) == 2
+    assert (tmp_path / "bench.png").stat().st_size > 1000
+    assert "`keyed.updateConditional`" in (tmp_path / "bench.md").read_text()
+
+
+def test_percentiles_pick_the_sample_at_that_rank() -> None:
+    samples = [float(x) for x in range(1, 101)]
+    assert bench.percentile(samples, 50) == 50.0
+    assert bench.percentile(samples, 99) == 99.0
+    assert bench.percentile([], 99) == 0.0
