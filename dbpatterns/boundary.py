@@ -58,15 +58,31 @@ class _Malformed:
         self.reason = reason
 
 
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Two readers must not disagree about a request: ``{"a": 1, "a": 2}`` is refused."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"the key {key!r} appears more than once")
+        obj[key] = value
+    return obj
+
+
 class JsonInput(Serde[Any]):
-    """Decodes the body as JSON, leaving any failure for ``parse`` to report as a 400."""
+    """Decodes the body as JSON (UTF-8, RFC 8259), leaving any failure for ``parse`` to report
+    as a 400: bytes that are not UTF-8, a BOM, a duplicate key, nesting deeper than Python's
+    recursion limit."""
 
     def deserialize(self, buf: bytes) -> Any:
         if not buf:
             return _Malformed("the request body is empty; send JSON")
         try:
-            return json.loads(buf)
-        except (UnicodeDecodeError, ValueError) as exc:
+            return json.loads(buf.decode("utf-8"), object_pairs_hook=_refuse_duplicate_keys)
+        except UnicodeDecodeError as exc:
+            return _Malformed(f"the request body is not UTF-8 ({exc})")
+        except RecursionError:
+            return _Malformed("the request body is nested too deeply")
+        except ValueError as exc:
             return _Malformed(f"the request body is not valid JSON ({exc})")
 
     def serialize(self, obj: Any) -> bytes:

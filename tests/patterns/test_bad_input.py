@@ -73,6 +73,15 @@ CASES: list[tuple[str, bytes, int, str]] = [
     ("/simple/durableRead", body(INJECTION), 400, "pattern"),
     ("/simple/durableRead", b"{", 400, "not valid JSON"),
     ("/simple/durableRead", body(UNKNOWN), 404, UNKNOWN),
+    ("/simple/read", b"[" * 2000 + b"]" * 2000, 400, "nested too deeply"),
+    ("/simple/read", b"\xef\xbb\xbf" + body("A"), 400, "BOM"),
+    ("/simple/read", '"A"'.encode("utf-16"), 400, "not UTF-8"),
+    (
+        "/idempotency/update",
+        b'{"userId": "A", "addCredits": -5, "addCredits": 5}',
+        400,
+        "more than once",
+    ),
     # --- simple/insert ---------------------------------------------------------------------
     ("/simple/insert", body("A"), 400, "NewUser"),
     ("/simple/insert", body({"userId": "new-1", "name": "N", "credits": 1}), 400, "address"),
