@@ -5,8 +5,9 @@ id>``) whose invocation Restate reports completed, or no longer knows (killed an
 invocations are forgotten unless an idempotency key keeps them), is rolled back, releasing its
 row locks. One whose invocation is still in flight (pending, scheduled, ready, running,
 backing-off, suspended, paused) is never touched: that invocation will commit or roll it back
-itself. Nor is one younger than the grace period (60 s by default), so the janitor does not race
-an invocation at the moment it prepares.
+itself. One whose invocation Restate does not know is left alone while younger than the grace
+period (60 s by default), so the janitor does not race an invocation at the moment it prepares;
+one of a completed invocation (a zombie attempt's late prepare) goes at once.
 
 Why it is needed: ``twoPhaseCommit.update`` cleans up after itself on every failure and on
 cancellation, but an invocation killed through Restate runs no more code, and a zombie attempt
@@ -126,7 +127,9 @@ def sweep(settings: Settings, *, grace: timedelta = GRACE, dry_run: bool = False
                 action = "left: not an invocation id"
             elif status is not None and status != "completed":
                 action = "left: invocation in flight"
-            elif age < grace:
+            elif status is None and age < grace:
+                # Unknown to Restate: give an invocation that is only now preparing (or one
+                # Restate has not shown yet) time. A completed one never commits again.
                 action = "left: younger than the grace period"
             elif dry_run:
                 action = "would roll back"

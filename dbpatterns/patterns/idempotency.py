@@ -44,6 +44,11 @@ log.addFilter(restate.RestateLoggingFilter())  # silent while Restate replays th
 
 idempotency = restate.Service("idempotency")
 
+UPDATE_BEFORE_CLAIM = failpoints.declare(
+    "idempotency.update.before-claim",
+    "idempotency.update, in the durable step, before the transaction that claims the token",
+    "a zombie resumed here after its token expired adds the credits again (the TTL window)",
+)
 UPDATE_BEFORE_COMMIT = failpoints.declare(
     "idempotency.update.before-commit",
     "idempotency.update, token inserted and credits added, transaction not yet committed",
@@ -77,6 +82,7 @@ async def update(ctx: restate.Context, payload: Any) -> Applied:
             .returning(users.c.credits)
         )
         current = sa.select(users.c.credits).where(users.c.userid == req.user_id)
+        await failpoints.hit(UPDATE_BEFORE_CLAIM, invocation)
         async with (
             boundary.database_errors(f"adding {req.add_credits} credits to {req.user_id!r}"),
             db.engine().begin() as conn,
@@ -122,10 +128,16 @@ async def expire_idempotency_key(ctx: restate.Context, payload: Any) -> Deleted:
         .where(user_idempotency.c.id == token)
         .returning(user_idempotency.c.id)
     )
-    async with (
-        boundary.database_errors(f"deleting idempotency token {token}"),
-        db.engine().begin() as conn,
-    ):
-        deleted = (await conn.execute(statement)).one_or_none() is not None
+
+    async def delete_token() -> bool:
+        async with (
+            boundary.database_errors(f"deleting idempotency token {token}"),
+            db.engine().begin() as conn,
+        ):
+            return (await conn.execute(statement)).one_or_none() is not None
+
+    # Journaled, so a replay answers what the first attempt found: the answer depends on the
+    # database, and a different one on replay is a journal mismatch.
+    deleted = await ctx.run_typed("delete token", delete_token)
     log.info("token %s expired: deleted=%s (invocation %s)", token, deleted, ctx.request().id)
     return Deleted(deleted=deleted)

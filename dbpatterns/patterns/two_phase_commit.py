@@ -79,6 +79,11 @@ BEFORE_PREPARE = failpoints.declare(
     "twoPhaseCommit.update, credits added, transaction open, before PREPARE TRANSACTION",
     "the open transaction is rolled back, the connection goes back clean, the retry adds once",
 )
+BEFORE_CLEARING_LEFTOVER = failpoints.declare(
+    "twoPhaseCommit.update.before-clearing-leftover",
+    "twoPhaseCommit.update, prepare step, before it rolls back a leftover prepared transaction",
+    "a zombie resumed here after the invocation finished must not prepare (or commit) again",
+)
 AFTER_PREPARE = failpoints.declare(
     "twoPhaseCommit.update.after-prepare",
     "twoPhaseCommit.update, after PREPARE TRANSACTION, before Restate records the step",
@@ -206,6 +211,17 @@ async def _xact_status(pg: psycopg.AsyncConnection[Any], xid: int) -> str | None
     return None if row is None else row[0]
 
 
+async def _prepared_is_ours(pg: psycopg.AsyncConnection[Any], gid: str, xid: int) -> bool | None:
+    """Is the transaction prepared as ``gid`` the one this invocation journaled (``xid``)?
+    None if nothing is prepared under ``gid``."""
+    cur = await pg.execute(
+        "SELECT transaction = xid(%s::text::xid8) FROM pg_prepared_xacts WHERE gid = %s",
+        (xid, gid),
+    )
+    row = await cur.fetchone()
+    return None if row is None else bool(row[0])
+
+
 async def prepare(gid: str, user_id: str, add: int, invocation: str) -> Prepared:
     """Add the credits and PREPARE the transaction as ``gid``.
 
@@ -224,6 +240,7 @@ async def prepare(gid: str, user_id: str, add: int, invocation: str) -> Prepared
         boundary.database_errors(f"adding {add} credits to {user_id!r}"),
         _autocommit() as (conn, pg),
     ):
+        await failpoints.hit(BEFORE_CLEARING_LEFTOVER, invocation)
         if await _rollback_prepared(pg, gid):
             log.warning("rolled back %s, left by an earlier attempt before it was journaled", gid)
         await pg.execute("BEGIN")
@@ -239,7 +256,9 @@ async def prepare(gid: str, user_id: str, add: int, invocation: str) -> Prepared
 
 async def commit(prepared: Prepared, invocation: str) -> str:
     """COMMIT PREPARED; idempotent: a retry after a commit that Restate did not record asks
-    Postgres whether the transaction committed instead of failing with 42704 forever."""
+    Postgres whether the transaction committed instead of failing with 42704 forever. It
+    commits only the transaction the prepare step journaled (by xid), never one a zombie
+    attempt prepared later under the same gid."""
     async with (
         _gid_lock(prepared.gid),
         boundary.database_errors(f"committing {prepared.gid}"),
@@ -247,6 +266,13 @@ async def commit(prepared: Prepared, invocation: str) -> str:
     ):
         await failpoints.hit(BEFORE_COMMIT, invocation)
         try:
+            if await _prepared_is_ours(pg, prepared.gid, prepared.xid) is False:
+                # A zombie attempt of the prepare step woke after ours was journaled (and
+                # perhaps committed), and prepared the credits again under the same gid.
+                # Committing that would add them twice: roll it back, then decide by ours.
+                await _rollback_prepared(pg, prepared.gid)
+                log.warning("%s: rolled back a zombie's second prepare", prepared.gid)
+                raise psycopg.errors.UndefinedObject("ours is no longer prepared")
             await pg.execute(sql.SQL("COMMIT PREPARED {}").format(sql.Literal(prepared.gid)))
             outcome = "committed"
         except psycopg.errors.UndefinedObject:
