@@ -239,6 +239,7 @@ def parser() -> argparse.ArgumentParser:
     bn.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
     bn.add_argument("--workloads", help="comma-separated subset, e.g. baseline.noop,keyed.update")
     bn.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
+    sub.add_parser("chaos", help="the fault-injection suite (`dbpatterns chaos --help`)")
     kg = sub.add_parser("keygen", help="make (once) the request identity key pair")
     kg.add_argument(
         "dir", nargs="?", type=Path, help="folder for the keys (default: .lab/identity)"
@@ -267,6 +268,10 @@ PASSTHROUGH = {"psql": "psql_args", "restate": "restate_args"}
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "chaos":  # the fault-injection suite has its own options
+        from chaos.cli import main as chaos_main
+
+        return chaos_main(argv[1:])
     if argv and argv[0] in PASSTHROUGH:
         args = argparse.Namespace(command=argv[0], **{PASSTHROUGH[argv[0]]: argv[1:]})
     else:

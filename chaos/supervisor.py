@@ -1,0 +1,519 @@
+"""The chaos harness's own stack, and the faults it injects into it.
+
+Everything runs as processes this harness started (``dbpatterns.stack``'s classes), on free
+ports, in a temporary folder:
+
+* PostgreSQL, migrated; restate-server with short timeouts (``CHAOS_RESTATE_ENV``), so a hung
+  attempt is given up in seconds, not minutes;
+* two service processes ("slots"), each a hypercorn process on its own port, both reading the
+  same failpoint control file;
+* a ``SwitchableProxy`` in front of them, registered as the deployment URI. One slot is active
+  (the proxy's target); the other is a warm standby.
+
+A watcher thread keeps the service available, as an orchestrator would: when the active process
+dies (a failpoint's ``kill``), the proxy switches to the standby and the dead one is restarted
+in the background; when it stops (a failpoint's ``pause``), the proxy switches and cuts Restate
+off from the paused process (see ``chaos.proxy``), which then lives on as a zombie until the
+harness resumes it (``resume_zombie``).
+
+Faults on the other parts: ``kill_restate`` / ``restart_restate`` (SIGKILL, then start on the
+same data), ``restart_postgres`` (immediate shutdown, then start: crash recovery), and
+``terminate_service_connections`` (``pg_terminate_backend`` on the service's sessions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+
+import dbpatterns.patterns  # noqa: F401  (declares every failpoint: fills the catalogue)
+from chaos.proxy import SwitchableProxy
+from dbpatterns import failpoints, migrate
+from dbpatterns.client import Admin
+from dbpatterns.config import Settings
+from dbpatterns.db import APPLICATION_NAME
+from dbpatterns.stack import (
+    LabError,
+    PostgresServer,
+    RestateServer,
+    ServiceProcess,
+    free_port,
+    register_deployment,
+    wait_until,
+)
+
+log = logging.getLogger("chaos")
+
+T = TypeVar("T")
+
+#: restate-server settings of the harness (environment overrides win over the lab's TOML).
+#: Restate gives up on a silent attempt after inactivity + abort + a fixed 5 s drain.
+CHAOS_RESTATE_ENV = {
+    "RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT": "2s",
+    "RESTATE_WORKER__INVOKER__ABORT_TIMEOUT": "1s",
+    "RESTATE_DEFAULT_RETRY_POLICY__INITIAL_INTERVAL": "100ms",
+    "RESTATE_DEFAULT_RETRY_POLICY__MAX_INTERVAL": "1s",
+}
+
+#: How long ``idempotency.update`` keeps a token in the harness's services: short, so the
+#: negative control's zombie can outlive it. Safe for the other cells, whose zombies touch the
+#: database only at their failpoint. Not for random pauses (the soak), which freeze every
+#: invocation of the process at any point, including before the token is claimed: a zombie
+#: that outlives the TTL there adds twice, the window the pattern documents.
+CHAOS_TOKEN_TTL = timedelta(seconds=2)
+#: The TTL of a stack whose processes are paused at random (soak): far longer than a zombie
+#: lives there (``auto_resume_after`` plus its linger).
+SOAK_TOKEN_TTL = timedelta(minutes=10)
+#: A paused zombie's open transaction is ended by Postgres after this long.
+CHAOS_IDLE_IN_TRANSACTION_MS = 3000
+
+
+def process_state(pid: int) -> str:
+    """The kernel's one-letter state of ``pid`` (R, S, T for stopped, Z, ...); "" if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return ""
+
+
+# --- failpoints ----------------------------------------------------------------------------------
+
+
+class FailpointControl:
+    """The control file every service process of the harness reads (``DBPATTERNS_FAILPOINTS_FILE``).
+
+    Writes take the same lock the services take when they consume a count, so the harness and a
+    firing failpoint never overwrite each other.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._serial = 0
+        path.write_text("")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[Any]:
+        with open(self.path, "r+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield f
+
+    def set(self, actions: dict[str, str]) -> None:
+        """Replace every setting with ``actions`` ({failpoint: action}); validated first."""
+        parsed = {name: failpoints.Action.parse(action) for name, action in actions.items()}
+        unknown = sorted(set(parsed) - set(failpoints.CATALOGUE))
+        if unknown:
+            raise LabError(
+                f"unknown failpoint(s): {', '.join(unknown)}",
+                "the pattern code declares its failpoints; see chaos/README.md for the list",
+            )
+        self._serial += 1
+        text = f"# chaos setting {self._serial}\n" + failpoints.format_spec(parsed)
+        with self._locked() as f:
+            f.seek(0)
+            f.truncate()
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def clear(self) -> None:
+        self.set({})
+
+    def current(self) -> dict[str, failpoints.Action]:
+        with self._locked() as f:
+            return failpoints.parse_spec(f.read())
+
+    def remaining(self, name: str) -> int | None:
+        """How many more times a counted action fires (0 once spent); None if not counted."""
+        action = self.current().get(name)
+        if action is None or action.verb == "off":
+            return 0
+        return action.count
+
+
+# --- the service processes -----------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class ServiceSlot:
+    """One service process of the pair, on its own port."""
+
+    name: str
+    port: int
+    service: ServiceProcess
+    state: str = "stopped"  # starting | ready | zombie | dead | stopped
+    pid: int | None = None
+
+    def describe(self) -> str:
+        return f"{self.name} (port {self.port}, pid {self.pid}, {self.state})"
+
+
+@dataclass
+class FaultCounts:
+    """Faults observed or injected since the harness started (read before/after a cell)."""
+
+    service_killed: int = 0  # a failpoint's kill, seen as an unexpected exit
+    service_paused: int = 0  # a failpoint's pause, seen as a stopped process
+    zombies_resumed: int = 0
+    restate_killed: int = 0
+    postgres_restarted: int = 0
+    connections_terminated: int = 0
+    invocations_killed: int = 0  # through Restate's admin API
+
+    def minus(self, earlier: FaultCounts) -> FaultCounts:
+        return FaultCounts(
+            **{k: getattr(self, k) - getattr(earlier, k) for k in self.__dataclass_fields__}
+        )
+
+    def total(self) -> int:
+        return (
+            self.service_killed
+            + self.service_paused
+            + self.restate_killed
+            + self.postgres_restarted
+            + self.connections_terminated
+            + self.invocations_killed
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass
+class Zombie:
+    """A paused service process that Restate has been cut off from."""
+
+    slot: ServiceSlot
+    paused_at: float
+    connections_cut: int
+    restate_side_reset: bool  # False: Restate's side is silent until ``reset_restate_side``
+
+
+@dataclass
+class ChaosStack:
+    """Postgres + restate-server + proxy + two service processes, and the faults on them."""
+
+    home: Path
+    token_ttl: timedelta = CHAOS_TOKEN_TTL
+    settings: Settings = field(init=False)
+    postgres: PostgresServer = field(init=False)
+    restate: RestateServer = field(init=False)
+    proxy: SwitchableProxy = field(init=False)
+    slots: list[ServiceSlot] = field(init=False)
+    failpoints: FailpointControl = field(init=False)
+    faults: FaultCounts = field(default_factory=FaultCounts, init=False)
+    zombies: list[Zombie] = field(default_factory=list, init=False)
+    active: ServiceSlot = field(init=False)
+    auto_resume_after: float | None = field(default=None, init=False)
+    #: When a process pauses, reset Restate's side of its connections at once (Restate retries
+    #: within its backoff), or leave it silent so Restate must give up by its own timeouts
+    #: (``reset_restate_side`` then lets the retry reach the standby).
+    reset_zombie_connections_at_once: bool = field(default=True, init=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, init=False)
+    _stop: threading.Event = field(default_factory=threading.Event, init=False)
+    _watcher: threading.Thread | None = field(default=None, init=False)
+    _restarts: list[threading.Thread] = field(default_factory=list, init=False)
+    # Every child process is started from these long-lived threads: the children ask the kernel
+    # for a signal when their parent dies (PR_SET_PDEATHSIG), and "parent" there means the
+    # *thread* that forked them. A child forked from a short-lived thread would be sent SIGTERM
+    # the moment that thread ends.
+    _spawner: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(4, thread_name_prefix="chaos-spawner"),
+        init=False,
+    )
+    _admin: Admin | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        home = self.home
+        self.settings = Settings(
+            home=home,
+            database_url=f"postgresql://dbpatterns:dbpatterns@127.0.0.1:{free_port()}/dbpatterns",
+            ingress_port=free_port(),
+            admin_port=free_port(),
+            restate_node_port=free_port(),
+            service_port=free_port(),  # the proxy's: what Restate knows as the service
+            idempotency_token_ttl=self.token_ttl,
+            idle_in_transaction_timeout_ms=CHAOS_IDLE_IN_TRANSACTION_MS,
+            pool_size=10,
+        )
+        self.postgres = PostgresServer(self.settings, home / "postgres")
+        self.restate = RestateServer(self.settings, home / "restate")
+        self.failpoints = FailpointControl(home / "failpoints.conf")
+        env = {failpoints.ENV_FILE: str(self.failpoints.path)}
+        self.slots = []
+        for name in ("service-1", "service-2"):
+            port = free_port()
+            slot_settings = self.settings.model_copy(update={"service_port": port})
+            service = ServiceProcess(slot_settings, home / "logs" / f"{name}.log", extra_env=env)
+            self.slots.append(ServiceSlot(name, port, service))
+        self.active = self.slots[0]
+        self.proxy = SwitchableProxy(self.settings.bind_host, self.settings.service_port, 0)
+
+    # --- life cycle ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, token_ttl: timedelta = CHAOS_TOKEN_TTL) -> ChaosStack:
+        """A stack in a fresh temporary folder the ``postgres`` OS user can reach."""
+        home = Path(tempfile.mkdtemp(prefix="dbpatterns-chaos-"))
+        home.chmod(0o755)
+        return cls(home, token_ttl)
+
+    def start(self) -> None:
+        try:
+            self._spawn(self.postgres.start)
+            migrate.migrate(self.settings.libpq_url)
+            self.start_restate()
+            threads = [
+                threading.Thread(target=self._start_slot, args=(slot,)) for slot in self.slots
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            if any(slot.state != "ready" for slot in self.slots):
+                raise LabError("a service process of the chaos stack did not come up")
+            self.proxy.target_port = self.active.port
+            self.proxy.start()
+            register_deployment(self.settings.admin_url, self.proxy.url)
+            self._watcher = threading.Thread(target=self._watch, name="chaos-watcher", daemon=True)
+            self._watcher.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, remove: bool = True) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(5)
+        for thread in self._restarts:
+            thread.join(40)  # a process being started is stopped below, not left behind
+        for zombie in self.zombies:
+            with contextlib.suppress(Exception):
+                self._kill_slot(zombie.slot)
+        for slot in self.slots:
+            with contextlib.suppress(Exception):
+                slot.service.stop()
+        self.proxy.close()
+        if self._admin is not None:
+            self._admin.close()
+        with contextlib.suppress(Exception):
+            self.restate.stop()
+        with contextlib.suppress(Exception):
+            self.postgres.stop()
+        self._spawner.shutdown(wait=False, cancel_futures=True)
+        if remove:
+            shutil.rmtree(self.home, ignore_errors=True)
+
+    def _spawn(self, start: Callable[[], T]) -> T:
+        """Run ``start`` (which starts a child process) on a long-lived spawner thread."""
+        return self._spawner.submit(start).result()
+
+    @property
+    def admin(self) -> Admin:
+        if self._admin is None:
+            self._admin = Admin(self.settings.admin_url, timeout=10)
+        return self._admin
+
+    @property
+    def database_url(self) -> str:
+        return self.settings.libpq_url
+
+    @property
+    def ingress_url(self) -> str:
+        return self.settings.ingress_url
+
+    # --- the service pair --------------------------------------------------------------------
+
+    def _start_slot(self, slot: ServiceSlot) -> None:
+        slot.state = "starting"
+        for _ in range(3):
+            try:
+                process = self._spawn(lambda: slot.service.start(timeout=30))
+            except LabError as exc:
+                log.warning("%s did not start: %s", slot.name, exc)
+                continue
+            slot.pid = process.pid
+            slot.state = "ready"
+            with self._lock:
+                if self.active.state not in ("ready",):
+                    self._make_active(slot)
+            return
+        slot.state = "dead"
+
+    def _restart_in_background(self, slot: ServiceSlot) -> None:
+        if self._stop.is_set():
+            return
+        thread = threading.Thread(
+            target=self._start_slot, args=(slot,), name=f"restart-{slot.name}", daemon=True
+        )
+        self._restarts = [t for t in self._restarts if t.is_alive()] + [thread]
+        thread.start()
+
+    def _make_active(self, slot: ServiceSlot) -> None:
+        self.active = slot
+        self.proxy.switch(slot.port)
+
+    def _failover(self, from_slot: ServiceSlot) -> None:
+        """Send new connections to the other slot if it is ready (else to whichever is up first)."""
+        other = next(s for s in self.slots if s is not from_slot)
+        if other.state == "ready":
+            self._make_active(other)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            with self._lock:
+                for slot in self.slots:
+                    self._check(slot)
+                if self.auto_resume_after is not None:
+                    for zombie in list(self.zombies):
+                        if time.monotonic() - zombie.paused_at >= self.auto_resume_after:
+                            self._resume_zombie(zombie)
+
+    def _check(self, slot: ServiceSlot) -> None:
+        process = slot.service.process
+        if process is None or slot.state not in ("ready", "zombie"):
+            return
+        if not process.alive():
+            if slot.state == "ready":
+                self.faults.service_killed += 1
+                log.warning("%s died (pid %s): failing over, restarting it", slot.name, slot.pid)
+            slot.state = "dead"
+            self.zombies = [z for z in self.zombies if z.slot is not slot]
+            self.proxy.release(slot.port)
+            if self.active is slot:
+                self._failover(slot)
+            self._restart_in_background(slot)
+        elif slot.state == "ready" and process_state(process.pid) == "T":
+            self.faults.service_paused += 1
+            slot.state = "zombie"
+            if self.active is slot:
+                self._failover(slot)
+            reset = self.reset_zombie_connections_at_once
+            cut = self.proxy.partition(slot.port, reset=reset)
+            self.zombies.append(Zombie(slot, time.monotonic(), cut, reset))
+            log.warning(
+                "%s paused (pid %s): %d connection(s) from Restate %s; it is a zombie now",
+                slot.name,
+                slot.pid,
+                cut,
+                "reset" if reset else "silenced",
+            )
+
+    def wait_for_zombie(self, timeout: float = 30.0) -> Zombie:
+        if not wait_until(lambda: bool(self.zombies), timeout, interval=0.02):
+            raise TimeoutError(f"no service process paused within {timeout:g} s")
+        return self.zombies[0]
+
+    def reset_restate_side(self, zombie: Zombie) -> int:
+        """Reset Restate's side of a zombie's silenced connections (the zombie's stays open)."""
+        zombie.restate_side_reset = True
+        return self.proxy.reset_restate_side(zombie.slot.port)
+
+    def resume_zombie(self, zombie: Zombie, linger: float = 1.5) -> None:
+        """Wake the zombie, let it run for ``linger`` seconds, then kill and replace it."""
+        with self._lock:
+            self._resume_zombie(zombie, linger=0)
+        time.sleep(linger)
+        with self._lock:
+            self._retire(zombie.slot)
+
+    def _resume_zombie(self, zombie: Zombie, linger: float = 1.5) -> None:
+        process = zombie.slot.service.process
+        if process is not None:
+            process.resume()
+        self.faults.zombies_resumed += 1
+        self.zombies.remove(zombie)
+        log.warning("%s resumed as a zombie (pid %s)", zombie.slot.name, zombie.slot.pid)
+        if linger > 0:
+            # Automatic mode (the watcher's thread): retire it later, off this thread.
+            timer = threading.Timer(linger, self._retire_locked, args=(zombie.slot,))
+            timer.daemon = True
+            timer.start()
+
+    def _retire_locked(self, slot: ServiceSlot) -> None:
+        with self._lock:
+            self._retire(slot)
+
+    def _retire(self, slot: ServiceSlot) -> None:
+        if slot.state != "zombie":
+            return
+        self._kill_slot(slot)
+        slot.state = "dead"
+        self._restart_in_background(slot)
+
+    def _kill_slot(self, slot: ServiceSlot) -> None:
+        process = slot.service.process
+        if process is not None:
+            process.resume()
+            process.kill()
+        self.proxy.release(slot.port)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until both service processes serve and no zombie is left."""
+        if not wait_until(
+            lambda: all(s.state == "ready" for s in self.slots) and not self.zombies,
+            timeout,
+            interval=0.05,
+        ):
+            states = ", ".join(s.describe() for s in self.slots)
+            raise LabError(f"the service processes did not settle: {states}")
+
+    # --- faults on the other parts ---------------------------------------------------------
+
+    def kill_restate(self) -> None:
+        """SIGKILL restate-server (a crash: no shutdown runs)."""
+        if self.restate.process is not None:
+            self.restate.process.kill()
+        self.faults.restate_killed += 1
+        log.warning("restate-server killed")
+
+    def start_restate(self) -> None:
+        self._spawn(lambda: self.restate.start(env=CHAOS_RESTATE_ENV))
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+
+    def restart_restate(self) -> None:
+        self.kill_restate()
+        self.start_restate()
+
+    def restart_postgres(self) -> None:
+        """Immediate shutdown (no checkpoint, every session cut), then start: crash recovery."""
+        self.postgres.crash()
+        self.faults.postgres_restarted += 1
+        log.warning("postgres stopped (immediate), starting again")
+        self._spawn(self.postgres.start)
+
+    def kill_invocation(self, invocation_id: str) -> None:
+        """Kill an invocation through Restate's admin API (``restate invocations kill``)."""
+        response = self.admin.http.patch(f"/invocations/{invocation_id}/kill")
+        response.raise_for_status()
+        self.faults.invocations_killed += 1
+        log.warning("invocation %s killed through the admin API", invocation_id)
+
+    def terminate_service_connections(self) -> int:
+        """``pg_terminate_backend`` on every session of the service; returns how many."""
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = %s",
+                (APPLICATION_NAME,),
+            ).fetchone()
+        count = int(row[0]) if row else 0
+        self.faults.connections_terminated += count
+        log.warning("terminated %d service connection(s)", count)
+        return count

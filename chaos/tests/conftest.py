@@ -1,0 +1,36 @@
+"""The chaos suite's own stack, once per session: Postgres, restate-server with short timeouts,
+two service processes behind a switchable proxy (see ``chaos.supervisor``).
+
+It is separate from ``tests/conftest.py``'s stack: the chaos suite kills, pauses and restarts
+its parts. Cells run one after another on it; each takes fresh users, so no cell sees another's
+state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from chaos.scenarios import CellRunner
+from chaos.supervisor import ChaosStack
+from chaos.workload import Workload
+
+
+@pytest.fixture(scope="session")
+def chaos_stack() -> Iterator[ChaosStack]:
+    stack = ChaosStack.create()
+    stack.start()
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def runner(chaos_stack: ChaosStack) -> Iterator[CellRunner]:
+    workload = Workload(chaos_stack.ingress_url)
+    try:
+        yield CellRunner(chaos_stack, workload, seed=20261123)
+    finally:
+        workload.close()

@@ -1,0 +1,56 @@
+"""Negative controls: the anomalies the patterns admit MUST show under the harness.
+
+A cell here that shows no duplicate means the harness did not provoke the fault it claims to
+test, so the exactly-once cells prove nothing either: it fails. ``simple`` has no handler that
+changes credits (its ``update`` sets a name, which is harmless twice), so the non-idempotent
+write under test is ``keyed.update`` (``credits = credits + n`` in a durable step).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from chaos.scenarios import Cell, CellRunner, Fault, fault_cells, restart_cells, token_expiry_cell
+from chaos.tests import expect
+from chaos.workload import KEYED_UPDATE
+
+
+def keyed_update_cell(fault: Fault, where: str) -> Cell:
+    (cell,) = [
+        c
+        for c in fault_cells([KEYED_UPDATE]) + restart_cells()
+        if c.fault == fault and c.handler == KEYED_UPDATE and c.where == where
+    ]
+    return cell
+
+
+def test_keyed_update_is_exactly_once_when_killed_before_the_write(runner: CellRunner) -> None:
+    expect.exactly_once(runner.run(keyed_update_cell(Fault.KILL, "before-write")))
+
+
+def test_keyed_update_duplicates_when_killed_after_commit(runner: CellRunner) -> None:
+    expect.duplicated(runner.run(keyed_update_cell(Fault.KILL, "after-commit")))
+
+
+@pytest.mark.parametrize("where", ["before-write", "after-commit"])
+def test_keyed_update_duplicates_under_a_zombie(runner: CellRunner, where: str) -> None:
+    expect.duplicated(runner.run(keyed_update_cell(Fault.ZOMBIE, where)))
+
+
+def test_keyed_update_duplicates_when_restate_server_dies_after_commit(
+    runner: CellRunner,
+) -> None:
+    expect.duplicated(runner.run(keyed_update_cell(Fault.RESTATE_RESTART, "after-commit")))
+
+
+def test_idempotency_update_duplicates_when_its_token_expires_before_a_zombie_resumes(
+    runner: CellRunner,
+) -> None:
+    expect.duplicated(runner.run(token_expiry_cell()))
+
+
+def test_every_failpoint_of_keyed_update_has_a_negative_or_positive_cell() -> None:
+    points = {c.where for c in fault_cells([KEYED_UPDATE])}
+    assert points == {"before-write", "after-commit"}, (
+        "keyed.update's failpoints changed: give each new one its tests above"
+    )

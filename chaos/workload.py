@@ -1,0 +1,236 @@
+"""Operations with known effects, each resolved to acknowledged or failed, never left unknown.
+
+An operation adds a known number of credits to one user through one of the credit handlers,
+with an idempotency key of its own (header ``idempotency-key``). Under faults a request can end
+ambiguously: a timeout, a reset connection, restate-server gone. The workload then asks Restate
+again with the same key: Restate returns the first invocation's result (or attaches to it while
+it still runs), and never starts a second invocation for the key. So every operation ends
+*acknowledged* (its credits must be there exactly once) or *failed* (a definite error answer:
+its credits must not be there); *unknown* remains only if Restate stays unreachable past the
+deadline, and the checker reports that as a failure of the run.
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import psycopg
+
+from dbpatterns.client import Ingress
+
+#: Answers that say "not now" rather than anything about the invocation: ask again.
+AMBIGUOUS_STATUS = {502, 503, 504}
+
+
+@dataclass(frozen=True)
+class CreditHandler:
+    """A handler that adds credits, and how to call it. ``name`` prefixes its failpoints."""
+
+    name: str
+    service: str
+    handler: str
+    keyed: bool  # a virtual object keyed by user id, with the bare delta as body
+    exactly_once: bool  # what the pattern promises under crashes and zombies
+
+    def request(self, user_id: str, delta: int) -> tuple[str | None, Any]:
+        """(object key, body) of a call adding ``delta`` credits to ``user_id``."""
+        if self.keyed:
+            return user_id, delta
+        return None, {"userId": user_id, "addCredits": delta}
+
+    def curl(self, user_id: str, delta: int, ingress: str = "http://localhost:8080") -> str:
+        key, body = self.request(user_id, delta)
+        path = Ingress.path(self.service, self.handler, key)
+        data = str(body) if self.keyed else f'{{"userId": "{user_id}", "addCredits": {delta}}}'
+        return (
+            f"curl -s {ingress}{path} -H 'content-type: application/json' "
+            f"-H 'idempotency-key: chaos-1' -d '{data}'"
+        )
+
+
+KEYED_UPDATE = CreditHandler("keyed.update", "keyed", "update", keyed=True, exactly_once=False)
+KEYED_UPDATE_CONDITIONAL = CreditHandler(
+    "keyed.updateConditional", "keyed", "updateConditional", keyed=True, exactly_once=True
+)
+IDEMPOTENCY_UPDATE = CreditHandler(
+    "idempotency.update", "idempotency", "update", keyed=False, exactly_once=True
+)
+TWO_PHASE_COMMIT_UPDATE = CreditHandler(
+    "twoPhaseCommit.update", "twoPhaseCommit", "update", keyed=False, exactly_once=True
+)
+CREDIT_HANDLERS = [
+    KEYED_UPDATE,
+    KEYED_UPDATE_CONDITIONAL,
+    IDEMPOTENCY_UPDATE,
+    TWO_PHASE_COMMIT_UPDATE,
+]
+EXACTLY_ONCE_HANDLERS = [h for h in CREDIT_HANDLERS if h.exactly_once]
+
+
+class Outcome(enum.StrEnum):
+    PENDING = "pending"
+    ACKNOWLEDGED = "acknowledged"  # 200: the credits are in, once
+    FAILED = "failed"  # a definite error answer: the credits are not in
+    UNKNOWN = "unknown"  # Restate did not answer before the deadline
+
+
+@dataclass
+class Operation:
+    handler: CreditHandler
+    user_id: str
+    delta: int
+    idempotency_key: str = field(default_factory=lambda: f"chaos-{uuid.uuid4()}")
+    outcome: Outcome = Outcome.PENDING
+    requests: int = 0  # how many times it was sent (1 + the re-asks)
+    status: int | None = None
+    answer: str = ""
+    invocation_id: str | None = None
+
+
+@dataclass
+class User:
+    user_id: str
+    initial_credits: int
+    delta: int  # every operation on this user adds the same amount (duplicates = excess / delta)
+    handler: CreditHandler  # one handler per user: see the checker
+
+
+def create_users(
+    database_url: str,
+    handler: CreditHandler,
+    count: int,
+    *,
+    initial_credits: int = 1000,
+    delta: Callable[[int], int] = lambda i: 7 + i % 5,
+) -> list[User]:
+    """Fresh users of their own for one scenario, inserted directly into the database."""
+    users = [
+        User(f"chaos-{uuid.uuid4().hex[:12]}", initial_credits, delta(i), handler)
+        for i in range(count)
+    ]
+    with psycopg.connect(database_url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO users (userid, name, address, credits) VALUES (%s, %s, %s, %s)",
+            [(u.user_id, "Chaos User", "1 Fault Line", u.initial_credits) for u in users],
+        )
+    return users
+
+
+class Workload:
+    """Sends operations through the ingress and resolves each one to a definite outcome."""
+
+    #: Called after each operation resolves, with how many have resolved in this batch.
+    Progress = Callable[[int, Operation], None]
+
+    def __init__(
+        self,
+        ingress_url: str,
+        *,
+        request_timeout: float = 20.0,
+        deadline: float = 120.0,
+        concurrency: int = 8,
+    ) -> None:
+        self.ingress_url = ingress_url
+        self.request_timeout = request_timeout
+        self.deadline = deadline
+        self.concurrency = concurrency
+        self._local = threading.local()
+        self._clients: list[Ingress] = []
+        self._clients_lock = threading.Lock()
+        self.progress: Workload.Progress | None = None
+        self._resolved = 0
+
+    def close(self) -> None:
+        with self._clients_lock:
+            for client in self._clients:
+                client.close()
+            self._clients.clear()
+
+    def _client(self) -> Ingress:
+        client: Ingress | None = getattr(self._local, "client", None)
+        if client is None:
+            client = Ingress(self.ingress_url, timeout=self.request_timeout)
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    def run(self, op: Operation) -> Operation:
+        """Send ``op`` until Restate gives a definite answer for its idempotency key."""
+        key, body = op.handler.request(op.user_id, op.delta)
+        give_up = time.monotonic() + self.deadline
+        pause = 0.1
+        while True:
+            op.requests += 1
+            try:
+                response = self._client().call(
+                    op.handler.service,
+                    op.handler.handler,
+                    body,
+                    key=key,
+                    idempotency_key=op.idempotency_key,
+                )
+            except httpx.HTTPError as exc:
+                op.answer = f"{type(exc).__name__}: {exc}"
+            else:
+                op.status = response.status_code
+                op.answer = response.text[:300]
+                op.invocation_id = response.headers.get("x-restate-id", op.invocation_id)
+                if response.status_code == 200:
+                    op.outcome = Outcome.ACKNOWLEDGED
+                    return op
+                if response.status_code not in AMBIGUOUS_STATUS:
+                    op.outcome = Outcome.FAILED
+                    return op
+            if time.monotonic() >= give_up:
+                op.outcome = Outcome.UNKNOWN
+                return op
+            time.sleep(pause)
+            pause = min(pause * 2, 1.0)
+
+    def run_all(self, ops: Iterable[Operation]) -> list[Operation]:
+        """Run ``ops`` with up to ``concurrency`` in flight; returns them resolved."""
+        ops = list(ops)
+        self._resolved = 0
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="chaos-op") as pool:
+            list(pool.map(self._run_and_report, ops))
+        return ops
+
+    def _run_and_report(self, op: Operation) -> Operation:
+        self.run(op)
+        with self._clients_lock:
+            self._resolved += 1
+            done = self._resolved
+        if self.progress is not None:
+            self.progress(done, op)
+        return op
+
+    def start(self, ops: Iterable[Operation]) -> Running:
+        """Run ``ops`` in the background; ``Running.wait()`` returns them resolved."""
+        return Running(self, list(ops))
+
+
+class Running:
+    """Operations in flight in a background thread."""
+
+    def __init__(self, workload: Workload, ops: list[Operation]) -> None:
+        self.ops = ops
+        self._thread = threading.Thread(
+            target=workload.run_all, args=(ops,), name="chaos-workload", daemon=True
+        )
+        self._thread.start()
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> list[Operation]:
+        self._thread.join(timeout)
+        return self.ops
