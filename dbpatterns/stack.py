@@ -638,7 +638,7 @@ class ServiceProcess:
             sys.executable, "-m", "hypercorn", "dbpatterns.app:app",
             "--bind", f"{s.bind_host}:{s.service_port}",
             "--workers", "0",
-            "--keep-alive", "60",
+            "--config", "python:dbpatterns.hypercorn_config",
         ]  # fmt: skip
 
     def start(self, timeout: float = 30.0) -> ChildProcess:
