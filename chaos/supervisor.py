@@ -241,7 +241,7 @@ class ChaosStack:
         home = self.home
         self.settings = Settings(
             home=home,
-            database_url=f"postgresql://dbpatterns:dbpatterns@127.0.0.1:{free_port()}/dbpatterns",
+            database_url=Settings().database_url_at("127.0.0.1", free_port()),
             ingress_port=free_port(),
             admin_port=free_port(),
             restate_node_port=free_port(),

@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     def db_url(self) -> URL:
         return make_url(self.database_url)
 
+    def database_url_at(self, host: str, port: int) -> str:
+        """The same role, password and database on another server (a test's, a container's)."""
+        return self.db_url.set(host=host, port=port).render_as_string(hide_password=False)
+
     @property
     def sqlalchemy_url(self) -> URL:
         """The database URL with the async psycopg 3 driver named, for SQLAlchemy."""

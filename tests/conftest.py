@@ -88,7 +88,7 @@ def base_settings(lab_home: Path) -> Settings:
     by the ``database_url`` fixture."""
     return Settings(
         home=lab_home,
-        database_url=f"postgresql://dbpatterns:dbpatterns@127.0.0.1:{free_port()}/dbpatterns",
+        database_url=Settings().database_url_at("127.0.0.1", free_port()),
         ingress_port=free_port(),
         admin_port=free_port(),
         restate_node_port=free_port(),
@@ -113,13 +113,17 @@ def postgres(backend: str, base_settings: Settings) -> Iterator[DatabaseEndpoint
     elif backend == "docker":
         from testcontainers.postgres import PostgresContainer
 
+        wanted = base_settings.db_url
         container = PostgresContainer(
-            POSTGRES_IMAGE, username="dbpatterns", password="dbpatterns", dbname="dbpatterns"
+            POSTGRES_IMAGE,
+            username=wanted.username,
+            password=wanted.password,
+            dbname=wanted.database,
         ).with_command("postgres -c max_prepared_transactions=100 -c max_connections=200")
         with container:
             host = container.get_container_host_ip()
-            port = container.get_exposed_port(5432)
-            url = f"postgresql://dbpatterns:dbpatterns@{host}:{port}/dbpatterns"
+            port = int(container.get_exposed_port(5432))
+            url = base_settings.database_url_at(host, port)
             migrate.migrate(url)
             yield DatabaseEndpoint(url, None)
     else:

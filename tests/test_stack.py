@@ -137,9 +137,7 @@ class LabProcess:
         self.env = {
             **os.environ,
             "DBPATTERNS_HOME": str(home),
-            "DBPATTERNS_DATABASE_URL": (
-                f"postgresql://dbpatterns:dbpatterns@127.0.0.1:{free_port()}/dbpatterns"
-            ),
+            "DBPATTERNS_DATABASE_URL": Settings().database_url_at("127.0.0.1", free_port()),
             "DBPATTERNS_INGRESS_PORT": str(free_port()),
             "DBPATTERNS_ADMIN_PORT": str(free_port()),
             "DBPATTERNS_RESTATE_NODE_PORT": str(free_port()),
