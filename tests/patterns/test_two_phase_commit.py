@@ -26,7 +26,6 @@ from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import Settings
 from dbpatterns.patterns.two_phase_commit import GID_PREFIX, gid_for
 from dbpatterns.stack import RestateServer, ServiceProcess, free_port, register_deployment
-from tests.conftest import RestateEndpoints
 
 SERVICE = "twoPhaseCommit"
 POOL_SIZE = Settings().pool_size  # the session service runs with the default pool
@@ -256,15 +255,12 @@ class EagerStack:
 
 
 @pytest.fixture(scope="module")
-def eager_stack(
-    settings: Settings, restate_server: RestateEndpoints, service: ServiceProcess
-) -> Iterator[EagerStack]:
+def eager_stack(settings: Settings, service: ServiceProcess) -> Iterator[EagerStack]:
     """A second restate-server with an inactivity timeout of 0 (an invocation suspends as soon
     as it waits for Restate, and replays its journal on the next attempt), and a second service
     process registered to it, on the same database. Its janitor is off: the invocations of
-    the session's restate-server are unknown to this one."""
-    if restate_server.server is None:
-        pytest.skip("needs the local restate-server binary (--backend=local)")
+    the session's restate-server are unknown to this one. It is always a local process (the
+    npm binary), whatever backend the session's restate-server comes from."""
     home = settings.home / "eager"
     eager = settings.model_copy(
         update={
