@@ -15,7 +15,7 @@ from pathlib import Path
 from types import FrameType
 
 from dbpatterns.config import Settings, get_settings
-from dbpatterns.stack import LabError, Stack, find_restate_binary, pid_alive, probe, read_state
+from dbpatterns.stack import LabError, Stack, find_restate_binary, lab_running, probe
 
 LOOK_AT_THE_DATA = "SELECT * FROM users;  SELECT * FROM user_idempotency;"
 
@@ -111,8 +111,7 @@ def cmd_psql(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_reset(settings: Settings, args: argparse.Namespace) -> int:
-    state = read_state(settings.home)
-    if state and any(pid_alive(p["pid"]) for p in state["parts"].values() if p.get("pid")):
+    if lab_running(settings.home):
         raise LabError(f"the lab in {settings.home} is running", "stop it (Ctrl-C) before a reset")
     if not settings.home.exists():
         print(f"nothing to reset: {settings.home} does not exist")

@@ -450,11 +450,7 @@ class PostgresServer:
         return process
 
     def accepts_connections(self) -> bool:
-        try:
-            with psycopg.connect(self.admin_url(), connect_timeout=2):
-                return True
-        except psycopg.OperationalError:
-            return False
+        return _pg_up(self.admin_url())
 
     def ensure_database(self) -> None:
         with psycopg.connect(self.admin_url(), autocommit=True) as conn:
@@ -709,8 +705,7 @@ class Stack:
         """Everything that can be checked before a process starts: binaries, ports."""
         _ = self.postgres.bin_dir
         find_restate_binary("restate-server", "restate-server", self.settings.restate_bin)
-        running = read_state(self.settings.home)
-        if running and any(pid_alive(p["pid"]) for p in running["parts"].values()):
+        if lab_running(self.settings.home):
             raise LabError(
                 f"the lab in {self.settings.home} is already up",
                 "use it (`dbpatterns status`), or stop it with Ctrl-C in its terminal",
@@ -776,6 +771,14 @@ class Stack:
 
     def write_state(self) -> None:
         self.state_file.write_text(json.dumps(self.describe(), indent=2))
+
+
+def lab_running(home: Path) -> bool:
+    """Does an `up` of this working folder still run any of its parts?"""
+    state = read_state(home)
+    if state is None:
+        return False
+    return any(pid_alive(part["pid"]) for part in state["parts"].values() if part.get("pid"))
 
 
 def read_state(home: Path) -> dict[str, Any] | None:
