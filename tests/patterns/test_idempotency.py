@@ -12,12 +12,7 @@ import httpx
 import psycopg
 
 from dbpatterns.client import Ingress
-
-
-def credits_of(db: psycopg.Connection[Any], user_id: str) -> int:
-    row = db.execute("SELECT credits FROM users WHERE userid = %s", (user_id,)).fetchone()
-    assert row is not None, f"user {user_id} is gone"
-    return int(row[0])
+from tests.patterns.test_two_phase_commit import credits_of
 
 
 def token_recorded(db: psycopg.Connection[Any], token: str) -> bool:
