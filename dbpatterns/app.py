@@ -41,9 +41,9 @@ def configure_logging() -> None:
 async def app(scope: Scope, receive: Any, send: Any) -> None:
     """ASGI entry: the Restate app, plus the lifespan events it does not handle itself.
 
-    The database engine is closed on shutdown, so no connection is left half-open behind a
-    stopped service. In between, the prepared-transaction janitor runs in the background
-    (``DBPATTERNS_JANITOR_INTERVAL``; see ``dbpatterns.janitor``).
+    The connection pool opens on startup and closes on shutdown, so no connection is left
+    half-open behind a stopped service. In between, the prepared-transaction janitor runs in
+    the background (``DBPATTERNS_JANITOR_INTERVAL``; see ``dbpatterns.janitor``).
     """
     if scope["type"] != "lifespan":
         await restate_app(scope, receive, send)
@@ -54,7 +54,7 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         if message["type"] == "lifespan.startup":
             try:
                 configure_logging()
-                db.engine()  # reads and validates the settings: a bad one stops the start
+                await db.open_pool()  # reads and validates the settings: a bad one stops the start
             except Exception as exc:
                 await send({"type": "lifespan.startup.failed", "message": repr(exc)})
                 return
@@ -70,6 +70,6 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
                 janitor_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await janitor_task
-            await db.dispose()
+            await db.close_pool()
             await send({"type": "lifespan.shutdown.complete"})
             return

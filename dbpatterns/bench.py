@@ -3,7 +3,7 @@
 Every workload runs for a fixed time at a given concurrency, driven by a separate load process
 (``dbpatterns.loadgen``) on loopback, over two key distributions: ``spread`` (many users) and
 ``hot`` (all on one user, where a virtual object queues and rows lock). Two baselines price
-the rest: ``direct`` (the credit UPDATE through the service's engine and pool code, no Restate)
+the rest: ``direct`` (the credit UPDATE through the service's pool code, no Restate)
 and ``baseline.noop`` (Restate + SDK + HTTP/2, no database).
 
 Per workload it reports throughput, latency percentiles, errors, the ratio to each baseline,
@@ -46,7 +46,7 @@ class Workload:
 
 
 WORKLOADS = [
-    Workload("direct", 0, True, "baseline 1: the credit UPDATE through the engine, no Restate"),
+    Workload("direct", 0, True, "baseline 1: the credit UPDATE through the pool, no Restate"),
     Workload("baseline.noop", 0, False, "baseline 2: Restate + SDK + HTTP/2, no database"),
     Workload("simple.durableRead", 1, False, "a SELECT in one durable step"),
     Workload("keyed.update", 1, True, "UPDATE in one step, one writer per key"),

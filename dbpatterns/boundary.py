@@ -22,7 +22,6 @@ import psycopg
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from restate import TerminalError
 from restate.serde import Serde
-from sqlalchemy.exc import DBAPIError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -123,25 +122,10 @@ def _describe(exc: ValidationError) -> str:
 
 # --- database errors ---------------------------------------------------------------------------
 
-#: SQLSTATE classes and codes a retry can fix.
-RETRYABLE_SQLSTATE_CLASSES = ("08", "40", "53", "57", "58")  # connection, rollback, resources...
-RETRYABLE_SQLSTATES = {"55P03", "55006", "25P03"}  # lock not available, object in use, idle tx
-#: Classes that a retry cannot fix: the input is the problem.
+#: SQLSTATE classes that a retry cannot fix: the input is the problem. Every other database
+#: error (lost connection, serialization failure, lock timeout, pool timeout...) is raised as it
+#: is, and Restate retries the step.
 TERMINAL_SQLSTATE_CLASSES = {"22": 400, "23": 409}  # data exception, integrity violation
-
-
-def sqlstate_of(exc: BaseException) -> str | None:
-    orig = exc.orig if isinstance(exc, DBAPIError) else exc
-    return orig.sqlstate if isinstance(orig, psycopg.Error) else None
-
-
-def is_retryable(exc: BaseException) -> bool:
-    state = sqlstate_of(exc)
-    if state is None:
-        return isinstance(exc, (psycopg.OperationalError, OSError)) or (
-            isinstance(exc, DBAPIError) and exc.connection_invalidated
-        )
-    return state in RETRYABLE_SQLSTATES or state[:2] in RETRYABLE_SQLSTATE_CLASSES
 
 
 @asynccontextmanager
@@ -149,11 +133,10 @@ async def database_errors(what: str) -> AsyncIterator[None]:
     """Turn errors no retry can fix into a TerminalError; let the others through for a retry."""
     try:
         yield
-    except (DBAPIError, psycopg.Error) as exc:
-        state = sqlstate_of(exc)
+    except psycopg.Error as exc:
+        state = exc.sqlstate
         if state and state[:2] in TERMINAL_SQLSTATE_CLASSES:
-            orig = exc.orig if isinstance(exc, DBAPIError) else exc
-            detail = str(orig).splitlines()[0] if orig else state
+            detail = (str(exc).splitlines() or [state])[0]
             raise TerminalError(
                 f"{what} was refused by the database ({state}): {detail}",
                 status_code=TERMINAL_SQLSTATE_CLASSES[state[:2]],

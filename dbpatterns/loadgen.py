@@ -6,8 +6,8 @@ user, written and parsed by hand on asyncio streams: an HTTP client library woul
 CPU than the service it measures on a 2-core machine. Every request is bounded in time, the
 whole run by ``duration``; nothing targets anything but the given loopback address.
 
-The ``direct`` workload is the one without Restate: the same credit UPDATE, through the same
-engine and pool code as the service (``dbpatterns.db.create_engine``).
+The ``direct`` workload is the one without Restate: the same credit UPDATE as ``keyed.update``,
+through the same pool code as the service (``dbpatterns.db.create_pool``).
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
-
-import sqlalchemy as sa
 
 REQUEST_TIMEOUT = 30.0
 
@@ -131,21 +129,16 @@ async def http_worker(spec: Spec, out: Outcome, deadline: float, rng: random.Ran
 
 
 async def direct_worker(
-    engine: Any, spec: Spec, out: Outcome, deadline: float, rng: random.Random
+    pool: Any, spec: Spec, out: Outcome, deadline: float, rng: random.Random
 ) -> None:
-    from dbpatterns.schema import users
+    from dbpatterns.patterns.keyed import ADD_CREDITS
 
     while time.perf_counter() < deadline:
         user = rng.choice(spec.users)
-        statement = (
-            sa.update(users)
-            .where(users.c.userid == user)
-            .values(credits=users.c.credits + spec.delta, version=users.c.version + 1)
-        )
         started = time.perf_counter()
         try:
-            async with engine.begin() as conn:
-                await conn.execute(statement)
+            async with pool.connection() as conn:
+                await conn.execute(ADD_CREDITS, {"add": spec.delta, "user_id": user})
         except Exception as exc:
             out.failure(f"{type(exc).__name__}: {exc}")
             continue
@@ -155,24 +148,26 @@ async def direct_worker(
 async def run(spec: Spec) -> Outcome:
     out = Outcome()
     rng = random.Random(spec.seed)
-    engine = None
+    pool = None
     if spec.workload == "direct":
         from dbpatterns.config import Settings
-        from dbpatterns.db import create_engine
+        from dbpatterns.db import create_pool
 
-        engine = create_engine(Settings(database_url=spec.database_url, pool_size=spec.pool_size))
+        settings = Settings(database_url=spec.database_url, pool_size=spec.pool_size)
+        pool = create_pool(settings, name="dbpatterns-bench-direct")
+        await pool.open(wait=True)
     started = time.perf_counter()
     deadline = started + spec.duration
     workers = [
-        direct_worker(engine, spec, out, deadline, random.Random(rng.random()))
-        if engine is not None
+        direct_worker(pool, spec, out, deadline, random.Random(rng.random()))
+        if pool is not None
         else http_worker(spec, out, deadline, random.Random(rng.random()))
         for _ in range(spec.concurrency)
     ]
     await asyncio.gather(*workers)
     out.elapsed = time.perf_counter() - started
-    if engine is not None:
-        await engine.dispose()
+    if pool is not None:
+        await pool.close()
     return out
 
 

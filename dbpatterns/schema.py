@@ -1,6 +1,7 @@
-"""The tables, as SQLAlchemy Core metadata: what the handlers query and Alembic checks against.
+"""The tables, as SQLAlchemy Core metadata, which the tests check the migrations against.
 
 The DDL itself lives in ``migrations/`` (the one schema source); this module only describes it.
+The handlers' SQL is plain text next to the code that runs it (see ``dbpatterns.db``).
 """
 
 from __future__ import annotations

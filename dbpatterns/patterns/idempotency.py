@@ -30,14 +30,11 @@ import logging
 from typing import Any
 
 import restate
-import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from dbpatterns import boundary, db, failpoints
 from dbpatterns.config import get_settings
 from dbpatterns.patterns.models import Applied, Deleted, IdempotencyToken, UpdateCredits
 from dbpatterns.patterns.simple import user_not_found
-from dbpatterns.schema import user_idempotency, users
 
 log = logging.getLogger("dbpatterns.idempotency")
 log.addFilter(restate.RestateLoggingFilter())  # silent while Restate replays the journal
@@ -60,6 +57,19 @@ UPDATE_AFTER_COMMIT = failpoints.declare(
     "the retry finds its token and adds nothing: exactly once",
 )
 
+CLAIM_TOKEN = """
+    INSERT INTO user_idempotency (id) VALUES (%s)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id
+"""
+ADD_CREDITS = """
+    UPDATE users SET credits = credits + %(add)s, version = version + 1
+    WHERE userid = %(user_id)s
+    RETURNING credits
+"""
+SELECT_CREDITS = "SELECT credits FROM users WHERE userid = %(user_id)s"
+DELETE_TOKEN = "DELETE FROM user_idempotency WHERE id = %s RETURNING id"
+
 
 @idempotency.handler(name="update", input_serde=boundary.JSON_INPUT)
 async def update(ctx: restate.Context, payload: Any) -> Applied:
@@ -69,29 +79,18 @@ async def update(ctx: restate.Context, payload: Any) -> Applied:
     token = str(ctx.uuid())  # the same on every attempt of this invocation
 
     async def add_credits_once() -> Applied:
-        claim = (
-            pg_insert(user_idempotency)
-            .values(id=token)
-            .on_conflict_do_nothing(index_elements=[user_idempotency.c.id])
-            .returning(user_idempotency.c.id)
-        )
-        add = (
-            sa.update(users)
-            .where(users.c.userid == req.user_id)
-            .values(credits=users.c.credits + req.add_credits, version=users.c.version + 1)
-            .returning(users.c.credits)
-        )
-        current = sa.select(users.c.credits).where(users.c.userid == req.user_id)
+        params = {"add": req.add_credits, "user_id": req.user_id}
         await failpoints.hit(UPDATE_BEFORE_CLAIM, invocation)
         async with (
             boundary.database_errors(f"adding {req.add_credits} credits to {req.user_id!r}"),
-            db.engine().begin() as conn,
+            db.transaction() as conn,
         ):
-            first = (await conn.execute(claim)).one_or_none() is not None
-            # Unknown user: raising here rolls the token back with everything else.
-            credits = (await conn.execute(add if first else current)).scalar_one_or_none()
-            if credits is None:
+            first = await db.fetch_one(conn, CLAIM_TOKEN, (token,)) is not None
+            row = await db.fetch_one(conn, ADD_CREDITS if first else SELECT_CREDITS, params)
+            if row is None:
+                # Unknown user: raising here rolls the token back with everything else.
                 raise user_not_found(req.user_id)
+            (credits,) = row
             await failpoints.hit(UPDATE_BEFORE_COMMIT, invocation)
         await failpoints.hit(UPDATE_AFTER_COMMIT, invocation)
         if not first:
@@ -123,18 +122,13 @@ async def expire_idempotency_key(ctx: restate.Context, payload: Any) -> Deleted:
     """Forget a token. Idempotent. Private: only ``update`` schedules it, never a client,
     because deleting a live token early would let a zombie attempt add its credits again."""
     token = boundary.parse_value(IdempotencyToken, payload).value
-    statement = (
-        sa.delete(user_idempotency)
-        .where(user_idempotency.c.id == token)
-        .returning(user_idempotency.c.id)
-    )
 
     async def delete_token() -> bool:
         async with (
             boundary.database_errors(f"deleting idempotency token {token}"),
-            db.engine().begin() as conn,
+            db.connection() as conn,
         ):
-            return (await conn.execute(statement)).one_or_none() is not None
+            return await db.fetch_one(conn, DELETE_TOKEN, (token,)) is not None
 
     # Journaled, so a replay answers what the first attempt found: the answer depends on the
     # database, and a different one on replay is a journal mismatch.

@@ -34,13 +34,11 @@ import logging
 from typing import Any
 
 import restate
-import sqlalchemy as sa
 from pydantic import TypeAdapter, ValidationError
 
 from dbpatterns import boundary, db, failpoints
 from dbpatterns.patterns.models import Balance, CreditsToAdd
 from dbpatterns.patterns.simple import read_balance, user_not_found
-from dbpatterns.schema import users
 
 log = logging.getLogger("dbpatterns.keyed")
 log.addFilter(restate.RestateLoggingFilter())  # silent while Restate replays the journal
@@ -73,6 +71,17 @@ CONDITIONAL_AFTER_COMMIT = failpoints.declare(
     "the retry's UPDATE matches no row (version moved on) and counts as done: exactly once",
 )
 
+ADD_CREDITS = """
+    UPDATE users SET credits = credits + %(add)s, version = version + 1
+    WHERE userid = %(user_id)s
+    RETURNING credits, version
+"""
+WRITE_IF_VERSION_UNCHANGED = """
+    UPDATE users SET credits = %(credits)s, version = %(version)s
+    WHERE userid = %(user_id)s AND version = %(seen_version)s
+    RETURNING userid
+"""
+
 _USER_ID: TypeAdapter[str] = TypeAdapter(boundary.UserId)
 
 
@@ -98,23 +107,18 @@ async def update(ctx: restate.ObjectContext, payload: Any) -> Balance:
 
     async def add_credits() -> Balance:
         await failpoints.hit(UPDATE_BEFORE_WRITE, invocation)
-        statement = (
-            sa.update(users)
-            .where(users.c.userid == user_id)
-            .values(credits=users.c.credits + add, version=users.c.version + 1)
-            .returning(users.c.credits, users.c.version)
-        )
         async with (
             boundary.database_errors(f"adding {add} credits to {user_id!r}"),
-            db.engine().begin() as conn,
+            db.connection() as conn,
         ):
-            row = (await conn.execute(statement)).one_or_none()
+            row = await db.fetch_one(conn, ADD_CREDITS, {"add": add, "user_id": user_id})
         if row is None:
             raise user_not_found(user_id)
+        credits, version = row
         # NOT DUPLICATE-SAFE: committed, but Restate has not recorded this step yet. If the
         # process dies here, the retry runs this step again and adds the credits a second time.
         await failpoints.hit(UPDATE_AFTER_COMMIT, invocation)
-        return Balance(credits=row.credits, version=row.version)
+        return Balance(credits=credits, version=version)
 
     balance = await ctx.run_typed("add credits", add_credits)
     log.info("update %r +%d -> %s (invocation %s)", user_id, add, balance, invocation)
@@ -137,17 +141,17 @@ async def update_conditional(ctx: restate.ObjectContext, payload: Any) -> Balanc
 
     async def write_if_unchanged() -> bool:
         await failpoints.hit(CONDITIONAL_BEFORE_WRITE, invocation)
-        statement = (
-            sa.update(users)
-            .where(users.c.userid == user_id, users.c.version == seen.version)
-            .values(credits=target.credits, version=target.version)
-            .returning(users.c.userid)
-        )
+        write = {
+            "credits": target.credits,
+            "version": target.version,
+            "user_id": user_id,
+            "seen_version": seen.version,
+        }
         async with (
             boundary.database_errors(f"adding {add} credits to {user_id!r}"),
-            db.engine().begin() as conn,
+            db.connection() as conn,
         ):
-            written = (await conn.execute(statement)).one_or_none() is not None
+            written = await db.fetch_one(conn, WRITE_IF_VERSION_UNCHANGED, write) is not None
         # Committed but not yet recorded: a retry from here finds the version moved on and
         # writes nothing, which is what makes this handler exactly-once.
         await failpoints.hit(CONDITIONAL_AFTER_COMMIT, invocation)

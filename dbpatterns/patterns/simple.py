@@ -28,8 +28,6 @@ import logging
 from typing import Any
 
 import restate
-import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from dbpatterns import boundary, db, failpoints
 from dbpatterns.patterns.models import (
@@ -41,7 +39,6 @@ from dbpatterns.patterns.models import (
     User,
     UserKey,
 )
-from dbpatterns.schema import users
 
 log = logging.getLogger("dbpatterns.simple")
 log.addFilter(restate.RestateLoggingFilter())  # silent while Restate replays the journal
@@ -60,6 +57,21 @@ UPDATE_AFTER_COMMIT = failpoints.declare(
 )
 
 
+SELECT_USER = "SELECT userid, name, address, credits, version FROM users WHERE userid = %s"
+SELECT_BALANCE = "SELECT credits, version FROM users WHERE userid = %s"
+INSERT_USER = """
+    INSERT INTO users (userid, name, address, credits) VALUES (%s, %s, %s, %s)
+    ON CONFLICT (userid) DO NOTHING
+    RETURNING userid
+"""
+RENAME_USER = """
+    UPDATE users SET name = %(name)s
+    WHERE userid = %(user_id)s AND name IS DISTINCT FROM %(name)s
+    RETURNING userid
+"""
+USER_EXISTS = "SELECT EXISTS (SELECT FROM users WHERE userid = %s)"
+
+
 def user_not_found(user_id: str) -> restate.TerminalError:
     return restate.TerminalError(
         f"user {user_id!r} not found; create it with simple/insert first", status_code=404
@@ -69,32 +81,27 @@ def user_not_found(user_id: str) -> restate.TerminalError:
 async def read_balance(user_id: str) -> Balance:
     """Credits and version of a user now, or the 404. A plain SELECT, journaled by the caller
     if at all."""
-    query = sa.select(users.c.credits, users.c.version).where(users.c.userid == user_id)
     async with (
         boundary.database_errors(f"reading the credits of {user_id!r}"),
-        db.engine().connect() as conn,
+        db.connection() as conn,
     ):
-        row = (await conn.execute(query)).one_or_none()
+        row = await db.fetch_one(conn, SELECT_BALANCE, (user_id,))
     if row is None:
         raise user_not_found(user_id)
-    return Balance(credits=row.credits, version=row.version)
+    credits, version = row
+    return Balance(credits=credits, version=version)
 
 
 @simple.handler(name="read", input_serde=boundary.JSON_INPUT)
 async def read(ctx: restate.Context, payload: Any) -> User:
     """The user row. Not journaled: a retry reads again."""
     user_id = boundary.parse_value(UserKey, payload).value
-    async with boundary.database_errors(f"reading user {user_id!r}"), db.engine().connect() as conn:
-        row = (await conn.execute(sa.select(users).where(users.c.userid == user_id))).one_or_none()
+    async with boundary.database_errors(f"reading user {user_id!r}"), db.connection() as conn:
+        row = await db.fetch_one(conn, SELECT_USER, (user_id,))
     if row is None:
         raise user_not_found(user_id)
-    return User(
-        user_id=row.userid,
-        name=row.name,
-        address=row.address,
-        credits=row.credits,
-        version=row.version,
-    )
+    userid, name, address, credits, version = row
+    return User(user_id=userid, name=name, address=address, credits=credits, version=version)
 
 
 @simple.handler(name="durableRead", input_serde=boundary.JSON_INPUT)
@@ -119,17 +126,12 @@ async def insert(ctx: restate.Context, payload: Any) -> Inserted:
     between the commit and the answer, the retry answers ``inserted: false``."""
     req = boundary.parse(NewUser, payload)
     invocation = ctx.request().id
-    statement = (
-        pg_insert(users)
-        .values(userid=req.user_id, name=req.name, address=req.address, credits=req.credits)
-        .on_conflict_do_nothing(index_elements=[users.c.userid])
-        .returning(users.c.userid)
-    )
+    row = (req.user_id, req.name, req.address, req.credits)
     async with (
         boundary.database_errors(f"inserting user {req.user_id!r}"),
-        db.engine().begin() as conn,
+        db.connection() as conn,
     ):
-        inserted = (await conn.execute(statement)).one_or_none() is not None
+        inserted = await db.fetch_one(conn, INSERT_USER, row) is not None
     await failpoints.hit(INSERT_AFTER_COMMIT, invocation)
     log.info("insert %r: inserted=%s (invocation %s)", req.user_id, inserted, invocation)
     return Inserted(inserted=inserted)
@@ -140,20 +142,13 @@ async def update(ctx: restate.Context, payload: Any) -> Updated:
     """Set a user's name. Idempotent: the second run finds the name already set."""
     req = boundary.parse(Rename, payload)
     invocation = ctx.request().id
-    statement = (
-        sa.update(users)
-        .where(users.c.userid == req.user_id, users.c.name.is_distinct_from(req.new_name))
-        .values(name=req.new_name)
-        .returning(users.c.userid)
-    )
+    rename = {"user_id": req.user_id, "name": req.new_name}
     async with (
         boundary.database_errors(f"renaming user {req.user_id!r}"),
-        db.engine().begin() as conn,
+        db.connection() as conn,
     ):
-        updated = (await conn.execute(statement)).one_or_none() is not None
-        exists = updated or bool(
-            await conn.scalar(sa.select(sa.exists().where(users.c.userid == req.user_id)))
-        )
+        updated = await db.fetch_one(conn, RENAME_USER, rename) is not None
+        exists = updated or await db.fetch_one(conn, USER_EXISTS, (req.user_id,)) == (True,)
     if not exists:
         raise user_not_found(req.user_id)
     await failpoints.hit(UPDATE_AFTER_COMMIT, invocation)

@@ -30,7 +30,7 @@ The failure windows, and how each is closed:
   the cleanup: no handler code runs any more, so ``dbpatterns.janitor`` rolls back prepared
   transactions whose invocation Restate reports completed or does not know.
 * Pool hygiene: the statements run on a pooled connection in autocommit mode, so
-  BEGIN ... PREPARE TRANSACTION leaves it idle, as SQLAlchemy and psycopg believe it is; any
+  BEGIN ... PREPARE TRANSACTION leaves it idle, as psycopg and its pool believe it is; any
   error rolls the open transaction back before the connection goes back to the pool (the
   TypeScript example leaks one connection per call).
 
@@ -53,7 +53,6 @@ from typing import Any, Literal
 
 import psycopg
 import restate
-import sqlalchemy as sa
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 from pydantic import BaseModel
@@ -62,7 +61,6 @@ from dbpatterns import boundary, db, failpoints
 from dbpatterns.config import get_settings
 from dbpatterns.patterns.models import Response, UpdateCredits
 from dbpatterns.patterns.simple import user_not_found
-from dbpatterns.schema import users
 
 log = logging.getLogger("dbpatterns.two_phase_commit")
 log.addFilter(restate.RestateLoggingFilter())  # silent while Restate replays the journal
@@ -168,30 +166,23 @@ def _prepare_slots() -> asyncio.Semaphore:
 
 
 @asynccontextmanager
-async def _autocommit() -> AsyncIterator[tuple[Any, psycopg.AsyncConnection[Any]]]:
-    """A pooled connection in autocommit mode (SQLAlchemy's and psycopg's view of it).
+async def _session() -> AsyncIterator[db.Connection]:
+    """A pooled connection (autocommit) that goes back to the pool idle, whatever happened.
 
-    Yields the SQLAlchemy connection (for Core statements) and its psycopg connection (for the
-    transaction-control statements, whose gid is a composed literal). In autocommit mode,
-    explicit BEGIN ... PREPARE TRANSACTION leaves the session idle, as both layers believe. On
-    the way out, a transaction still open (an error before PREPARE) is rolled back, and a
-    connection in an unknown state is discarded, never returned to the pool.
+    In autocommit mode, explicit BEGIN ... PREPARE TRANSACTION leaves the session idle, as
+    psycopg believes it is. On the way out, a transaction still open (an error before PREPARE)
+    is rolled back; a connection that cannot be rolled back is closed, and the pool replaces it.
     """
-    async with db.engine().connect() as conn:
-        await conn.execution_options(isolation_level="AUTOCOMMIT")
-        pg = (await conn.get_raw_connection()).driver_connection
-        assert isinstance(pg, psycopg.AsyncConnection)
+    async with db.connection() as pg:
         try:
-            yield conn, pg
+            yield pg
         finally:
             status = pg.info.transaction_status
             if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
                 try:
                     await pg.execute("ROLLBACK")
                 except psycopg.Error:
-                    await conn.invalidate()
-            elif status != TransactionStatus.IDLE:
-                await conn.invalidate()
+                    await pg.close()
 
 
 async def _rollback_prepared(pg: psycopg.AsyncConnection[Any], gid: str) -> bool:
@@ -222,29 +213,30 @@ async def _prepared_is_ours(pg: psycopg.AsyncConnection[Any], gid: str, xid: int
     return None if row is None else bool(row[0])
 
 
+ADD_CREDITS_NOTING_XID = """
+    UPDATE users SET credits = credits + %(add)s, version = version + 1
+    WHERE userid = %(user_id)s
+    RETURNING credits, pg_current_xact_id()::text
+"""
+
+
 async def prepare(gid: str, user_id: str, add: int, invocation: str) -> Prepared:
     """Add the credits and PREPARE the transaction as ``gid``.
 
     A crash before PREPARE leaves nothing (the open transaction dies with its session). A crash
     after it leaves a prepared transaction that the retry of this step rolls back first.
     """
-    statement = (
-        sa.update(users)
-        .where(users.c.userid == user_id)
-        .values(credits=users.c.credits + add, version=users.c.version + 1)
-        .returning(users.c.credits, sa.func.pg_current_xact_id().cast(sa.Text))
-    )
     async with (
         _gid_lock(gid),
         _prepare_slots(),
         boundary.database_errors(f"adding {add} credits to {user_id!r}"),
-        _autocommit() as (conn, pg),
+        _session() as pg,
     ):
         await failpoints.hit(BEFORE_CLEARING_LEFTOVER, invocation)
         if await _rollback_prepared(pg, gid):
             log.warning("rolled back %s, left by an earlier attempt before it was journaled", gid)
         await pg.execute("BEGIN")
-        row = (await conn.execute(statement)).one_or_none()
+        row = await db.fetch_one(pg, ADD_CREDITS_NOTING_XID, {"add": add, "user_id": user_id})
         if row is None:
             raise user_not_found(user_id)  # the open transaction is rolled back on the way out
         credits, xid = row[0], int(row[1])
@@ -262,7 +254,7 @@ async def commit(prepared: Prepared, invocation: str) -> str:
     async with (
         _gid_lock(prepared.gid),
         boundary.database_errors(f"committing {prepared.gid}"),
-        _autocommit() as (_, pg),
+        _session() as pg,
     ):
         await failpoints.hit(BEFORE_COMMIT, invocation)
         try:
@@ -301,7 +293,7 @@ async def roll_back(gid: str, xid: int | None) -> Cleanup:
     async with (
         _gid_lock(gid),
         boundary.database_errors(f"rolling back {gid}"),
-        _autocommit() as (_, pg),
+        _session() as pg,
     ):
         if await _rollback_prepared(pg, gid):
             return "rolled back"
