@@ -1,4 +1,9 @@
-"""One module per Restate service, each opening with the guarantee it gives."""
+"""One module per Restate service, each opening with the guarantee it gives.
+
+Conventions shared by the modules: a durable step's label says what it does ("read credits,
+version"), and its result type is named in ``RunOptions(type_hint=...)``, which picks the
+journal's serializer; left out, the SDK evaluates the action's signature on every call.
+"""
 
 from __future__ import annotations
 

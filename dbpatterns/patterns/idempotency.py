@@ -102,7 +102,9 @@ async def update(ctx: restate.Context, payload: Any) -> Applied:
             )
         return Applied(applied=first, credits=credits, token=token)
 
-    result = await ctx.run_typed("add credits with token", add_credits_once)
+    result = await ctx.run_typed(
+        "add credits with token", add_credits_once, restate.RunOptions(type_hint=Applied)
+    )
     ctx.service_send(expire_idempotency_key, token, send_delay=get_settings().idempotency_token_ttl)
     log.info(
         "update %r +%d -> %s, token %s (invocation %s)",
@@ -132,6 +134,6 @@ async def expire_idempotency_key(ctx: restate.Context, payload: Any) -> Deleted:
 
     # Journaled, so a replay answers what the first attempt found: the answer depends on the
     # database, and a different one on replay is a journal mismatch.
-    deleted = await ctx.run_typed("delete token", delete_token)
+    deleted = await ctx.run_typed("delete token", delete_token, restate.RunOptions(type_hint=bool))
     log.info("token %s expired: deleted=%s (invocation %s)", token, deleted, ctx.request().id)
     return Deleted(deleted=deleted)

@@ -120,7 +120,7 @@ async def update(ctx: restate.ObjectContext, payload: Any) -> Balance:
         await failpoints.hit(UPDATE_AFTER_COMMIT, invocation)
         return Balance(credits=credits, version=version)
 
-    balance = await ctx.run_typed("add credits", add_credits)
+    balance = await ctx.run_typed("add credits", add_credits, restate.RunOptions(type_hint=Balance))
     log.info("update %r +%d -> %s (invocation %s)", user_id, add, balance, invocation)
     return balance
 
@@ -135,7 +135,9 @@ async def update_conditional(ctx: restate.ObjectContext, payload: Any) -> Balanc
     async def read_credits_and_version() -> Balance:
         return await read_balance(user_id)
 
-    seen = await ctx.run_typed("read credits, version", read_credits_and_version)
+    seen = await ctx.run_typed(
+        "read credits, version", read_credits_and_version, restate.RunOptions(type_hint=Balance)
+    )
     await failpoints.hit(CONDITIONAL_AFTER_READ, invocation)
     target = Balance(credits=seen.credits + add, version=seen.version + 1)
 
@@ -165,7 +167,11 @@ async def update_conditional(ctx: restate.ObjectContext, payload: Any) -> Balanc
             )
         return written
 
-    await ctx.run_typed("write credits if version unchanged", write_if_unchanged)
+    await ctx.run_typed(
+        "write credits if version unchanged",
+        write_if_unchanged,
+        restate.RunOptions(type_hint=bool),
+    )
     log.info("updateConditional %r +%d -> %s (invocation %s)", user_id, add, target, invocation)
     return target
 

@@ -113,7 +113,9 @@ async def durable_read(ctx: restate.Context, payload: Any) -> Balance:
     async def read_credits() -> Balance:
         return await read_balance(user_id)  # a 404 is journaled too: every retry gets it
 
-    balance = await ctx.run_typed("read credits", read_credits)
+    balance = await ctx.run_typed(
+        "read credits", read_credits, restate.RunOptions(type_hint=Balance)
+    )
     if balance.credits == 0:
         # The branch follows the journaled value: the same decision on every attempt.
         log.warning("ALERT: user %r has no credits left (invocation %s)", user_id, invocation)

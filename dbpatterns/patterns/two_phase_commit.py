@@ -140,6 +140,13 @@ def invocation_of(gid: str) -> str | None:
 
 # --- database side -----------------------------------------------------------------------------
 
+IS_PREPARED = "SELECT EXISTS (SELECT FROM pg_prepared_xacts WHERE gid = %s)"
+ADD_CREDITS_NOTING_XID = """
+    UPDATE users SET credits = credits + %(add)s, version = version + 1
+    WHERE userid = %(user_id)s
+    RETURNING credits, pg_current_xact_id()::text
+"""
+
 #: One lock per gid in this process: a cleanup waits for a step of its invocation that Restate
 #: has stopped waiting for (after a cancellation) but that is still running here.
 _gid_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -194,6 +201,10 @@ async def _rollback_prepared(pg: psycopg.AsyncConnection[Any], gid: str) -> bool
     return True
 
 
+async def _is_prepared(pg: psycopg.AsyncConnection[Any], gid: str) -> bool:
+    return await db.fetch_one(pg, IS_PREPARED, (gid,)) == (True,)
+
+
 async def _xact_status(pg: psycopg.AsyncConnection[Any], xid: int) -> str | None:
     """'committed', 'aborted' or 'in progress' (a prepared transaction still is); None if too
     old for Postgres to remember."""
@@ -213,13 +224,6 @@ async def _prepared_is_ours(pg: psycopg.AsyncConnection[Any], gid: str, xid: int
     return None if row is None else bool(row[0])
 
 
-ADD_CREDITS_NOTING_XID = """
-    UPDATE users SET credits = credits + %(add)s, version = version + 1
-    WHERE userid = %(user_id)s
-    RETURNING credits, pg_current_xact_id()::text
-"""
-
-
 async def prepare(gid: str, user_id: str, add: int, invocation: str) -> Prepared:
     """Add the credits and PREPARE the transaction as ``gid``.
 
@@ -233,7 +237,9 @@ async def prepare(gid: str, user_id: str, add: int, invocation: str) -> Prepared
         _session() as pg,
     ):
         await failpoints.hit(BEFORE_CLEARING_LEFTOVER, invocation)
-        if await _rollback_prepared(pg, gid):
+        # Look before rolling back: a blind ROLLBACK PREPARED would fail (42704) on almost every
+        # call, and Postgres logs every failed statement.
+        if await _is_prepared(pg, gid) and await _rollback_prepared(pg, gid):
             log.warning("rolled back %s, left by an earlier attempt before it was journaled", gid)
         await pg.execute("BEGIN")
         row = await db.fetch_one(pg, ADD_CREDITS_NOTING_XID, {"add": add, "user_id": user_id})
@@ -321,21 +327,21 @@ async def update(ctx: restate.Context, payload: Any) -> Committed:
         prepared = await ctx.run_typed(
             "add credits, PREPARE TRANSACTION",
             prepare,
-            restate.RunOptions(),
+            restate.RunOptions(type_hint=Prepared),
             gid,
             req.user_id,
             req.add_credits,
             invocation,
         )
         outcome = await ctx.run_typed(
-            "COMMIT PREPARED", commit, restate.RunOptions(), prepared, invocation
+            "COMMIT PREPARED", commit, restate.RunOptions(type_hint=str), prepared, invocation
         )
     except restate.TerminalError as exc:
         # Cancelled (409), unknown user (404), refused by the database, rolled back by someone
         # else: whatever ends this invocation, no prepared transaction of it stays behind.
         xid = prepared.xid if prepared else None
         cleanup = await ctx.run_typed(
-            "ROLLBACK PREPARED", roll_back, restate.RunOptions(), gid, xid
+            "ROLLBACK PREPARED", roll_back, restate.RunOptions(type_hint=str), gid, xid
         )
         log.log(
             logging.INFO if cleanup == "nothing prepared" else logging.WARNING,
