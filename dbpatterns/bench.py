@@ -7,8 +7,10 @@ the rest: ``direct`` (the credit UPDATE through the service's pool code, no Rest
 and ``baseline.noop`` (Restate + SDK + HTTP/2, no database).
 
 Per workload it reports throughput, latency percentiles, errors, the ratio to each baseline,
-database transactions per operation (``pg_stat_database``), durable steps per operation (by
-construction of the handler), and CPU seconds per operation of the service, restate-server and
+database transactions per operation (``pg_stat_database``), database round trips per operation
+(statements, from ``pg_stat_statements``, which ``db/postgresql.conf`` preloads: every statement
+is one round trip, BEGIN and COMMIT included), durable steps per operation (by construction of
+the handler), and CPU seconds per operation of the service, restate-server and
 Postgres (``/proc``). It checks the ledger at the end of each run: a benchmark that lost or
 duplicated updates is not a result.
 """
@@ -71,6 +73,7 @@ class Result:
     p99_ms: float
     max_ms: float
     db_transactions_per_op: float
+    db_statements_per_op: float | None  # None: pg_stat_statements missing, or it lost entries
     durable_steps_per_op: int
     cpu_ms_per_op: dict[str, float]
     ledger_exact: bool
@@ -168,6 +171,53 @@ def transactions(database_url: str) -> int:
     return int(row[0]) if row else 0
 
 
+class StatementCounter:
+    """Statements the server ran in the lab database, from ``pg_stat_statements``.
+
+    Each 2PC call adds two entries (its PREPARE TRANSACTION and COMMIT PREPARED carry a unique
+    gid), so the counts are reset before every run, and a run in which the view had to evict
+    entries (``dealloc`` moved) reports no figure rather than a low one.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.available = self._enable()
+
+    def _enable(self) -> bool:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            try:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                conn.execute("SELECT FROM pg_stat_statements LIMIT 1")
+            except psycopg.Error:  # not preloaded (an external server), or no right to create
+                return False
+        return True
+
+    def start(self) -> tuple[int, int] | None:
+        if not self.available:
+            return None
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_statements_reset()")
+        return self._read()
+
+    def since(self, start: tuple[int, int] | None) -> int | None:
+        """Statements since ``start``, not counting the read that took ``start``."""
+        if start is None:
+            return None
+        calls, dealloc = self._read()
+        return None if dealloc != start[1] else calls - start[0] - 1
+
+    def _read(self) -> tuple[int, int]:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT (SELECT coalesce(sum(calls), 0) FROM pg_stat_statements"
+                "        WHERE dbid = (SELECT oid FROM pg_database"
+                "                      WHERE datname = current_database())),"
+                "       (SELECT dealloc FROM pg_stat_statements_info)"
+            ).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+
 # --- one run -----------------------------------------------------------------------------------
 
 
@@ -192,6 +242,7 @@ def run_one(
     concurrency: int,
     duration: float,
     meter: CpuMeter,
+    statements: StatementCounter,
 ) -> Result:
     targets = [HOT_USER] if distribution == "hot" else users
     spec = {
@@ -205,9 +256,11 @@ def run_one(
     }
     balance_before = credits(settings.libpq_url, targets) if workload.changes_credits else {}
     tx_before = transactions(settings.libpq_url)
+    statements_before = statements.start()
     cpu_before = meter.sample()
     out = run_load(spec)
     cpu_after = meter.sample()
+    statement_count = statements.since(statements_before)
     time.sleep(1.1)  # backends report their transaction counts at most once a second
     tx_after = transactions(settings.libpq_url)
     ledger_exact = True
@@ -232,6 +285,9 @@ def run_one(
         p99_ms=round(percentile(latencies, 99), 2),
         max_ms=round(max(latencies, default=0.0), 2),
         db_transactions_per_op=round((tx_after - tx_before) / per_op, 2),
+        db_statements_per_op=(
+            None if statement_count is None else round(statement_count / per_op, 2)
+        ),
         durable_steps_per_op=workload.durable_steps,
         cpu_ms_per_op={part: round(s * 1000 / per_op, 3) for part, s in used.items()},
         ledger_exact=ledger_exact,
@@ -274,13 +330,23 @@ def benchmark(
 ) -> list[Result]:
     users = prepare_users(settings.libpq_url)
     meter = CpuMeter(pids if pids is not None else lab_pids(settings))
+    statements = StatementCounter(settings.libpq_url)
+    if not statements.available:
+        say("pg_stat_statements is not preloaded: round trips per operation are not counted")
     results: list[Result] = []
     say(header())
     for concurrency in concurrencies:
         for distribution in distributions:
             for workload in workloads:
                 result = run_one(
-                    settings, workload, users, distribution, concurrency, duration, meter
+                    settings,
+                    workload,
+                    users,
+                    distribution,
+                    concurrency,
+                    duration,
+                    meter,
+                    statements,
                 )
                 results.append(result)
                 say(row(result))
@@ -292,8 +358,12 @@ def benchmark(
 
 COLUMNS = (
     "workload", "dist", "c", "ops/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors",
-    "tx/op", "steps/op", "cpu ms/op svc", "restate", "postgres", "ledger",
+    "tx/op", "stmts/op", "steps/op", "cpu ms/op svc", "restate", "postgres", "ledger",
 )  # fmt: skip
+
+
+def per_op(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def header() -> str:
@@ -305,8 +375,8 @@ def cells(r: Result) -> list[str]:
     return [
         r.workload, r.distribution, str(r.concurrency), f"{r.throughput:.0f}",
         f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}", f"{r.p99_ms:.1f}", f"{r.max_ms:.0f}",
-        str(r.errors), f"{r.db_transactions_per_op:.2f}", str(r.durable_steps_per_op),
-        f"{cpu.get('service', 0):.2f}", f"{cpu.get('restate', 0):.2f}",
+        str(r.errors), f"{r.db_transactions_per_op:.2f}", per_op(r.db_statements_per_op),
+        str(r.durable_steps_per_op), f"{cpu.get('service', 0):.2f}", f"{cpu.get('restate', 0):.2f}",
         f"{cpu.get('postgres', 0):.2f}", "exact" if r.ledger_exact else "WRONG",
     ]  # fmt: skip
 
@@ -317,7 +387,8 @@ def row(r: Result) -> str:
 
 def markdown(results: list[Result]) -> str:
     cols = ["workload", "dist", "c", "ops/s", "vs noop", "vs direct", "p50 ms", "p99 ms",
-            "errors", "tx/op", "steps/op", "cpu ms/op svc / restate / pg", "ledger"]  # fmt: skip
+            "errors", "tx/op", "stmts/op", "steps/op", "cpu ms/op svc / restate / pg",
+            "ledger"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
     for r in results:
         cpu = r.cpu_ms_per_op
@@ -327,7 +398,8 @@ def markdown(results: list[Result]) -> str:
                 f"{r.vs_noop:.2f}" if r.vs_noop is not None else "",
                 f"{r.vs_direct:.2f}" if r.vs_direct is not None else "",
                 f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}", str(r.errors),
-                f"{r.db_transactions_per_op:.2f}", str(r.durable_steps_per_op),
+                f"{r.db_transactions_per_op:.2f}", per_op(r.db_statements_per_op),
+                str(r.durable_steps_per_op),
                 f"{cpu.get('service', 0):.2f} / {cpu.get('restate', 0):.2f} / "
                 f"{cpu.get('postgres', 0):.2f}",
                 "exact" if r.ledger_exact else "**wrong**",

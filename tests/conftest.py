@@ -119,7 +119,10 @@ def postgres(backend: str, base_settings: Settings) -> Iterator[DatabaseEndpoint
             username=wanted.username,
             password=wanted.password,
             dbname=wanted.database,
-        ).with_command("postgres -c max_prepared_transactions=100 -c max_connections=200")
+        ).with_command(
+            "postgres -c max_prepared_transactions=100 -c max_connections=200"
+            " -c shared_preload_libraries=pg_stat_statements"
+        )
         with container:
             host = container.get_container_host_ip()
             port = int(container.get_exposed_port(5432))

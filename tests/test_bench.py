@@ -13,6 +13,7 @@ from tests.conftest import DatabaseEndpoint, RestateEndpoints
 
 
 def test_a_short_benchmark_counts_every_operation_and_finds_the_ledger_exact(
+    backend: str,
     settings: Settings,
     service: ServiceProcess,
     restate_server: RestateEndpoints,
@@ -44,6 +45,17 @@ def test_a_short_benchmark_counts_every_operation_and_finds_the_ledger_exact(
     assert by_name["baseline.noop"].vs_noop == 1.0
     assert by_name["baseline.noop"].db_transactions_per_op < 0.5
     assert by_name["keyed.updateConditional"].durable_steps_per_op == 2
+    if backend != "external":  # the lab's own servers preload pg_stat_statements
+        # One SELECT (journaled read) and one UPDATE (conditional write) per call, in autocommit;
+        # the janitor's periodic query may add a few over the run.
+        conditional = by_name["keyed.updateConditional"].db_statements_per_op
+        noop = by_name["baseline.noop"].db_statements_per_op
+        assert conditional is not None
+        assert 1.95 <= conditional <= 2.2
+        assert noop is not None
+        assert noop < 0.1
+    elif not bench.StatementCounter(settings.libpq_url).available:
+        assert all(r.db_statements_per_op is None for r in results)
     assert by_name["keyed.updateConditional"].cpu_ms_per_op.get("service", 0) > 0
 
     path = bench.write_results(results, tmp_path, {"test": True})
