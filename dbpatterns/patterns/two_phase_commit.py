@@ -187,7 +187,7 @@ async def _session() -> AsyncIterator[db.Connection]:
             status = pg.info.transaction_status
             if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
                 try:
-                    await pg.execute("ROLLBACK")
+                    await pg.execute("ROLLBACK", prepare=False)
                 except psycopg.Error:
                     await pg.close()
 
@@ -241,7 +241,9 @@ async def prepare(gid: str, user_id: str, add: int, invocation: str) -> Prepared
         # call, and Postgres logs every failed statement.
         if await _is_prepared(pg, gid) and await _rollback_prepared(pg, gid):
             log.warning("rolled back %s, left by an earlier attempt before it was journaled", gid)
-        await pg.execute("BEGIN")
+        # Never server-side prepared (psycopg would, after five runs): it saves nothing on a
+        # BEGIN, and pg_stat_statements stops counting a prepared BEGIN (`dbpatterns bench`).
+        await pg.execute("BEGIN", prepare=False)
         row = await db.fetch_one(pg, ADD_CREDITS_NOTING_XID, {"add": add, "user_id": user_id})
         if row is None:
             raise user_not_found(user_id)  # the open transaction is rolled back on the way out
