@@ -253,6 +253,7 @@ def run_one(
         "concurrency": concurrency,
         "duration": duration,
         "pool_size": settings.pool_size,
+        "local_postgres": "postgres" in meter.pids,
     }
     balance_before = credits(settings.libpq_url, targets) if workload.changes_credits else {}
     tx_before = transactions(settings.libpq_url)
@@ -271,6 +272,12 @@ def run_one(
     ops = out["ok"]
     per_op = max(ops, 1)
     used = CpuMeter.used(cpu_before, cpu_after)
+    if out.get("client_cpu_seconds") is not None:
+        # `direct`: the load process ran the pool code (the service's part), and its backends
+        # ended with it, after the meter's last look at Postgres.
+        used["service"] = out["client_cpu_seconds"]
+    if out.get("backend_cpu_seconds") is not None:
+        used["postgres"] = used.get("postgres", 0.0) + out["backend_cpu_seconds"]
     latencies = out["latencies_ms"]
     return Result(
         workload=workload.name,

@@ -7,7 +7,9 @@ CPU than the service it measures on a 2-core machine. Every request is bounded i
 whole run by ``duration``; nothing targets anything but the given loopback address.
 
 The ``direct`` workload is the one without Restate: the same credit UPDATE as ``keyed.update``,
-through the same pool code as the service (``dbpatterns.db.create_pool``).
+through the same pool code as the service (``dbpatterns.db.create_pool``). This process then
+plays the service's part, so it reports its own CPU time and that of its Postgres backends,
+which end with it, before the benchmark could sample them.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 REQUEST_TIMEOUT = 30.0
+DIRECT_APPLICATION_NAME = "dbpatterns-bench-direct"
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class Spec:
     pool_size: int = 10
     delta: int = 1
     seed: int = 1
+    # ``direct``: Postgres runs on this host (its backends' CPU can be read from /proc)
+    local_postgres: bool = False
 
 
 @dataclass
@@ -45,6 +50,9 @@ class Outcome:
     latencies_ms: list[float] = field(default_factory=list)
     acked: dict[str, int] = field(default_factory=dict)  # user -> credits acknowledged
     elapsed: float = 0.0
+    # ``direct`` only: CPU seconds of this process's run and of its Postgres backends.
+    client_cpu_seconds: float | None = None
+    backend_cpu_seconds: float | None = None
 
     def success(self, user: str, delta: int, started: float) -> None:
         self.ok += 1
@@ -154,8 +162,10 @@ async def run(spec: Spec) -> Outcome:
         from dbpatterns.db import create_pool
 
         settings = Settings(database_url=spec.database_url, pool_size=spec.pool_size)
-        pool = create_pool(settings, name="dbpatterns-bench-direct")
+        pool = create_pool(settings, name=DIRECT_APPLICATION_NAME)
         await pool.open(wait=True)
+        backends_before = await backend_cpu(pool) if spec.local_postgres else {}
+    client_cpu_before = time.process_time()
     started = time.perf_counter()
     deadline = started + spec.duration
     workers = [
@@ -167,8 +177,27 @@ async def run(spec: Spec) -> Outcome:
     await asyncio.gather(*workers)
     out.elapsed = time.perf_counter() - started
     if pool is not None:
+        out.client_cpu_seconds = time.process_time() - client_cpu_before
+        if spec.local_postgres:
+            backends_after = await backend_cpu(pool)
+            out.backend_cpu_seconds = sum(
+                t - backends_before.get(pid, 0.0) for pid, t in backends_after.items()
+            )
         await pool.close()
     return out
+
+
+async def backend_cpu(pool: Any) -> dict[int, float]:
+    """CPU seconds so far of each Postgres backend serving this process's pool (same host)."""
+    from dbpatterns.bench import cpu_seconds
+
+    async with pool.connection() as conn:
+        cursor = await conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+            (DIRECT_APPLICATION_NAME,),
+        )
+        pids = [int(row[0]) for row in await cursor.fetchall()]
+    return {pid: cpu_seconds(pid) for pid in pids}
 
 
 def main(argv: list[str] | None = None) -> int:
