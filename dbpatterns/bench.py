@@ -271,13 +271,18 @@ def run_one(
         ledger_exact = moved == {u: n for u, n in out["acked"].items() if n}
     ops = out["ok"]
     per_op = max(ops, 1)
+    # `direct`: the load process ran the pool code (the service's part) and measured its own
+    # backends, which end with it, most often before the meter's last look at Postgres. The
+    # meter drops any that it still saw, so that none is counted twice.
+    own_backends = {int(pid): s for pid, s in (out.get("backend_cpu_seconds") or {}).items()}
+    for sample in (cpu_before, cpu_after):
+        for pid in own_backends:
+            sample.get("postgres", {}).pop(pid, None)
     used = CpuMeter.used(cpu_before, cpu_after)
     if out.get("client_cpu_seconds") is not None:
-        # `direct`: the load process ran the pool code (the service's part), and its backends
-        # ended with it, after the meter's last look at Postgres.
         used["service"] = out["client_cpu_seconds"]
-    if out.get("backend_cpu_seconds") is not None:
-        used["postgres"] = used.get("postgres", 0.0) + out["backend_cpu_seconds"]
+    if own_backends:
+        used["postgres"] = used.get("postgres", 0.0) + sum(own_backends.values())
     latencies = out["latencies_ms"]
     return Result(
         workload=workload.name,

@@ -50,9 +50,9 @@ class Outcome:
     latencies_ms: list[float] = field(default_factory=list)
     acked: dict[str, int] = field(default_factory=dict)  # user -> credits acknowledged
     elapsed: float = 0.0
-    # ``direct`` only: CPU seconds of this process's run and of its Postgres backends.
+    # ``direct`` only: CPU seconds of this process's run and of each of its Postgres backends.
     client_cpu_seconds: float | None = None
-    backend_cpu_seconds: float | None = None
+    backend_cpu_seconds: dict[int, float] | None = None
 
     def success(self, user: str, delta: int, started: float) -> None:
         self.ok += 1
@@ -180,9 +180,9 @@ async def run(spec: Spec) -> Outcome:
         out.client_cpu_seconds = time.process_time() - client_cpu_before
         if spec.local_postgres:
             backends_after = await backend_cpu(pool)
-            out.backend_cpu_seconds = sum(
-                t - backends_before.get(pid, 0.0) for pid, t in backends_after.items()
-            )
+            out.backend_cpu_seconds = {
+                pid: t - backends_before.get(pid, 0.0) for pid, t in backends_after.items()
+            }
         await pool.close()
     return out
 
