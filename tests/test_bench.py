@@ -62,8 +62,8 @@ def test_a_short_benchmark_counts_every_operation_and_finds_the_ledger_exact(
     elif not bench.StatementCounter(settings.libpq_url).available:
         assert all(r.db_statements_per_op is None for r in results)
     assert by_name["keyed.updateConditional"].cpu_ms_per_op.get("service", 0) > 0
-    # `direct` has no service process: the load process runs the pool code and counts itself,
-    # and the CPU of its Postgres backends, which end before the meter's last sample.
+    # `direct` has no service process: the load process runs the pool code and counts itself
+    # and its own Postgres backends, which may end before the meter's last sample.
     assert by_name["direct"].cpu_ms_per_op["service"] > 0
     if "postgres" in pids:
         assert by_name["direct"].cpu_ms_per_op["postgres"] > 0
