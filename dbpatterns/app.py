@@ -14,7 +14,7 @@ from typing import Any
 
 import restate
 
-from dbpatterns import db, janitor
+from dbpatterns import db, failpoints, janitor
 from dbpatterns.config import get_settings
 from dbpatterns.patterns import SERVICES
 
@@ -41,9 +41,12 @@ def configure_logging() -> None:
 async def app(scope: Scope, receive: Any, send: Any) -> None:
     """ASGI entry: the Restate app, plus the lifespan events it does not handle itself.
 
-    The connection pool opens on startup and closes on shutdown, so no connection is left
-    half-open behind a stopped service. In between, the prepared-transaction janitor runs in
-    the background (``DBPATTERNS_JANITOR_INTERVAL``; see ``dbpatterns.janitor``).
+    On startup the failpoint settings are checked against the catalogue (every pattern module
+    has declared its points by now): a typo refuses the start, naming the bad entry, instead of
+    failing every handler at its first hit. The connection pool opens on startup and closes on
+    shutdown, so no connection is left half-open behind a stopped service. In between, the
+    prepared-transaction janitor runs in the background (``DBPATTERNS_JANITOR_INTERVAL``; see
+    ``dbpatterns.janitor``).
     """
     if scope["type"] != "lifespan":
         await restate_app(scope, receive, send)
@@ -54,8 +57,10 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
         if message["type"] == "lifespan.startup":
             try:
                 configure_logging()
+                failpoints.check_settings(get_settings())
                 await db.open_pool()  # reads and validates the settings: a bad one stops the start
             except Exception as exc:
+                log.error("the service refuses to start: %s", exc)
                 await send({"type": "lifespan.startup.failed", "message": repr(exc)})
                 return
             interval = get_settings().janitor_interval

@@ -82,6 +82,16 @@ class Settings(BaseSettings):
         default=timedelta(seconds=30),
         description="How often the service runs the prepared-transaction janitor; 0 turns it off.",
     )
+    failpoints: str = Field(
+        default="",
+        description="Failpoints switched on for the service's life, 'name=action;...' "
+        "(dbpatterns/failpoints.py); checked at start-up. Empty: none.",
+    )
+    failpoints_file: Path | None = Field(
+        default=None,
+        description="A failpoint control file, one 'name=action' per line, re-read when it "
+        "changes (the chaos suite and the tests switch points through it). Unset: none.",
+    )
     request_identity: bool = Field(
         default=True,
         description="The service answers only requests signed by the lab's restate-server.",

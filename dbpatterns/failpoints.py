@@ -5,11 +5,15 @@ transaction has committed but Restate has not yet recorded the step. The chaos h
 points on for a service process and provokes the work; the handler then crashes, pauses or fails
 exactly there.
 
-Switching on, in the spirit of fail-rs and gofail:
+Switching on, in the spirit of fail-rs and gofail (both read through ``dbpatterns.config``):
 
 * ``DBPATTERNS_FAILPOINTS="name=action;name=action"`` in the service's environment, or
 * ``DBPATTERNS_FAILPOINTS_FILE=/path``: a file with one ``name=action`` per line, re-read
   whenever it changes, so a running process can be switched without a restart.
+
+The service checks both when it starts (``check_settings``): an unknown failpoint or a bad
+action refuses the start, naming the entry, instead of failing every handler at its first hit.
+The catalogue of names is documented in ``chaos/README.md``.
 
 Actions (``[count*]`` or ``[percent%]`` may prefix any of them):
 
@@ -21,6 +25,8 @@ Actions (``[count*]`` or ``[percent%]`` may prefix any of them):
 
 ``1*kill`` fires once. The count lives in the control file and is decremented there *before*
 the action runs, so it survives the crash it causes: the retry, in a restarted process, passes.
+A counted action that has fired its count reads ``off`` in the control file: ``spent`` tells a
+test that its fault really happened.
 
 Every hit is logged at WARNING with the process id and the invocation id.
 """
@@ -28,6 +34,7 @@ Every hit is logged at WARNING with the process id and the invocation id.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import fcntl
 import logging
 import os
@@ -37,10 +44,14 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from dbpatterns.config import Settings, get_settings
+
 log = logging.getLogger("dbpatterns.failpoints")
 
 ENV_SPEC = "DBPATTERNS_FAILPOINTS"
 ENV_FILE = "DBPATTERNS_FAILPOINTS_FILE"
+#: Where the catalogue is documented (generated from ``CATALOGUE``).
+CATALOGUE_DOC = "chaos/README.md"
 
 #: Every failpoint, by name: where it is and what a fault there tests.
 CATALOGUE: dict[str, str] = {}
@@ -56,6 +67,10 @@ def declare(name: str, where: str, tests: str) -> str:
 
 class FailpointError(Exception):
     """A transient fault injected by a failpoint; Restate retries the step or invocation."""
+
+
+class FailpointSpecError(ValueError):
+    """A failpoint setting that names no declared failpoint or has a bad action."""
 
 
 _ACTION = re.compile(
@@ -75,7 +90,7 @@ class Action:
     def parse(cls, text: str) -> Action:
         m = _ACTION.match(text)
         if not m or (m["verb"] == "sleep") != (m["arg"] is not None):
-            raise ValueError(
+            raise FailpointSpecError(
                 f"bad failpoint action {text!r}: expected [N*|P%](off|kill|pause|error|sleep(MS))"
             )
         return cls(
@@ -92,7 +107,11 @@ class Action:
 
 
 def parse_spec(spec: str) -> dict[str, Action]:
-    """``"a=1*kill;b=pause"`` (or one per line) -> {name: Action}. Unknown names are errors."""
+    """``"a=1*kill;b=pause"`` (or one per line) -> {name: Action}.
+
+    Raises ``FailpointSpecError`` naming the bad entry: no ``=``, a bad action, or (once the
+    pattern modules have declared theirs) a name that is not in the catalogue.
+    """
     actions: dict[str, Action] = {}
     for item in re.split(r"[;\n]", spec):
         item = item.strip()
@@ -101,11 +120,59 @@ def parse_spec(spec: str) -> dict[str, Action]:
         name, sep, action = item.partition("=")
         name = name.strip()
         if not sep:
-            raise ValueError(f"bad failpoint setting {item!r}: expected name=action")
+            raise FailpointSpecError(f"bad failpoint setting {item!r}: expected name=action")
         if CATALOGUE and name not in CATALOGUE:
-            raise ValueError(f"unknown failpoint {name!r}; known: {', '.join(sorted(CATALOGUE))}")
-        actions[name] = Action.parse(action)
+            close = difflib.get_close_matches(name, CATALOGUE, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise FailpointSpecError(
+                f"unknown failpoint {name!r} in {item!r}{hint}; the failpoints are listed in "
+                f"{CATALOGUE_DOC}"
+            )
+        try:
+            actions[name] = Action.parse(action)
+        except FailpointSpecError as exc:
+            raise FailpointSpecError(f"{exc} in {item!r}") from None
     return actions
+
+
+def check_settings(settings: Settings | None = None) -> None:
+    """Parse the failpoint settings against the catalogue, as the service does when it starts:
+    ``DBPATTERNS_FAILPOINTS`` and the control file's current content (a missing file is fine:
+    every point is off). Raises ``FailpointSpecError`` naming the setting and the bad entry."""
+    if not CATALOGUE:
+        raise RuntimeError("no failpoint is declared yet: import dbpatterns.patterns first")
+    settings = settings or get_settings()
+    try:
+        parse_spec(settings.failpoints)
+    except FailpointSpecError as exc:
+        raise FailpointSpecError(f"{ENV_SPEC}: {exc}") from None
+    file = settings.failpoints_file
+    if file is None:
+        return
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        return
+    try:
+        parse_spec(text)
+    except FailpointSpecError as exc:
+        raise FailpointSpecError(f"{ENV_FILE} ({file}): {exc}") from None
+
+
+def spent(control_file: Path, name: str) -> bool:
+    """Has the counted action (``N*...``) switched on at ``name`` in ``control_file`` fired its
+    N times? It then reads ``off`` there (the count is decremented before the action runs).
+
+    A test switches a point on with a count, provokes the work, and asks this before it
+    believes the outcome: a fault test whose fault never happened proves nothing. (A point
+    switched ``off`` by hand reads the same: ask only about one switched on with a count.)
+    """
+    try:
+        text = control_file.read_text()
+    except FileNotFoundError:
+        return False
+    action = parse_spec(text).get(name)
+    return action is not None and action.verb == "off"
 
 
 def format_spec(actions: dict[str, Action]) -> str:
@@ -115,10 +182,9 @@ def format_spec(actions: dict[str, Action]) -> str:
 class _Registry:
     """The switched-on points of this process, from the environment and the control file."""
 
-    def __init__(self) -> None:
-        self.env_actions = parse_spec(os.environ.get(ENV_SPEC, ""))
-        file = os.environ.get(ENV_FILE)
-        self.file = Path(file) if file else None
+    def __init__(self, settings: Settings) -> None:
+        self.env_actions = parse_spec(settings.failpoints)
+        self.file = settings.failpoints_file
         self._file_stamp: tuple[int, int] | None = None
         self._file_actions: dict[str, Action] = {}
 
@@ -187,13 +253,15 @@ _registry: _Registry | None = None
 def registry() -> _Registry:
     global _registry
     if _registry is None:
-        _registry = _Registry()
+        _registry = _Registry(get_settings())
     return _registry
 
 
 def reset() -> None:
-    """Forget the parsed settings (tests change the environment between cases)."""
+    """Forget the parsed settings, and the settings themselves: the next hit reads the
+    environment afresh (tests change it between cases)."""
     global _registry
+    get_settings.cache_clear()
     _registry = None
 
 

@@ -7,12 +7,14 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 
 from dbpatterns.client import Ingress
+from tests.failpoint_checks import assert_fired
 
 
 def balance_of(db: psycopg.Connection[Any], user_id: str) -> tuple[int, int]:
@@ -41,11 +43,13 @@ def test_update_is_not_duplicate_safe_a_retry_after_the_commit_adds_twice(
     db: psycopg.Connection[Any],
     new_user: Callable[..., str],
     failpoint: Callable[[str, str], None],
+    failpoints_file: Path,
 ) -> None:
     """The known hole, shown: the step fails once after its commit, Restate retries it."""
     user = new_user(credits=100)
     failpoint("keyed.update.after-commit", "1*error")
     response = ingress.call("keyed", "update", 5, key=user)
+    assert_fired(failpoints_file, "keyed.update.after-commit")
     assert response.status_code == 200, response.text
     assert balance_of(db, user) == (110, 2)
 
@@ -65,11 +69,13 @@ def test_update_conditional_adds_once_when_a_retry_follows_the_commit(
     db: psycopg.Connection[Any],
     new_user: Callable[..., str],
     failpoint: Callable[[str, str], None],
+    failpoints_file: Path,
 ) -> None:
     """Same fault as the hole above: the retry finds the version moved on and writes nothing."""
     user = new_user(credits=100)
     failpoint("keyed.updateConditional.after-commit", "1*error")
     response = ingress.call("keyed", "updateConditional", 5, key=user)
+    assert_fired(failpoints_file, "keyed.updateConditional.after-commit")
     assert response.status_code == 200, response.text
     assert response.json() == {"credits": 105, "version": 1}
     assert balance_of(db, user) == (105, 1)
