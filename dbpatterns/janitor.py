@@ -11,8 +11,9 @@ one of a completed invocation (a zombie attempt's late prepare) goes at once.
 
 Why it is needed: ``twoPhaseCommit.update`` cleans up after itself on every failure and on
 cancellation, but an invocation killed through Restate runs no more code, and a zombie attempt
-(paused, then resumed after Restate moved on) may prepare after the cleanup. Their prepared
-transactions would hold their row locks forever.
+(paused, then resumed after Restate moved on) may prepare again after the commit or the cleanup
+(it finds nothing under the gid to adopt). Their prepared transactions would hold their row
+locks forever.
 
 When Restate cannot be asked (admin API down), nothing is rolled back: a doubt never rolls back.
 

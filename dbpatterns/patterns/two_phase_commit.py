@@ -14,8 +14,18 @@ finds what its predecessor left, and the janitor can ask Restate about the invoc
 The failure windows, and how each is closed:
 
 * Crash after PREPARE, before Restate journals the step: the retry of ``prepare`` finds a
-  prepared transaction under its gid that no journal entry refers to, rolls it back, and
-  prepares afresh (a stale gid would otherwise fail the new PREPARE with 42710 forever).
+  transaction already prepared under its gid. Only an earlier attempt of this invocation, with
+  the same journaled input, can have prepared it, so it is exactly what the retry would
+  prepare: the retry ADOPTS it (its xid, and the balance it leaves) and touches nothing. The
+  prepare step never rolls back a prepared transaction.
+* A zombie attempt (paused inside ``prepare``) that wakes after a retry prepared, before the
+  retry's COMMIT PREPARED: it finds the retry's transaction and adopts it too; it rolls back
+  nothing, so the retry's commit goes through and the call succeeds, once.
+* A zombie that wakes after the commit finds nothing under the gid and prepares the credits
+  again. That second transaction is never committed: ``commit`` commits only the xid it
+  journaled (a mismatch is rolled back, and the outcome decided by ``pg_xact_status`` of the
+  journaled xid), and ``dbpatterns.janitor`` rolls back a prepared transaction whose
+  invocation has completed.
 * Crash after COMMIT PREPARED, before Restate journals the step: the retry's COMMIT PREPARED
   fails with 42704 (no such gid). Instead of failing forever (as the TypeScript example does),
   ``commit`` asks ``pg_xact_status(xid)``: ``committed`` means done; ``aborted`` means someone
@@ -77,15 +87,17 @@ BEFORE_PREPARE = failpoints.declare(
     "twoPhaseCommit.update, credits added, transaction open, before PREPARE TRANSACTION",
     "the open transaction is rolled back, the connection goes back clean, the retry adds once",
 )
-BEFORE_CLEARING_LEFTOVER = failpoints.declare(
-    "twoPhaseCommit.update.before-clearing-leftover",
-    "twoPhaseCommit.update, prepare step, before it rolls back a leftover prepared transaction",
-    "a zombie resumed here after the invocation finished must not prepare (or commit) again",
+BEFORE_LEFTOVER_CHECK = failpoints.declare(
+    "twoPhaseCommit.update.before-leftover-check",
+    "twoPhaseCommit.update, prepare step, before it looks for a transaction an earlier attempt "
+    "prepared",
+    "a zombie resumed here after the retry journaled its PREPARE adopts it and rolls back "
+    "nothing: the call still succeeds, once",
 )
 AFTER_PREPARE = failpoints.declare(
     "twoPhaseCommit.update.after-prepare",
     "twoPhaseCommit.update, after PREPARE TRANSACTION, before Restate records the step",
-    "the retry rolls back the orphaned prepared transaction and prepares again: adds once",
+    "the retry adopts the transaction prepared under its gid, prepares nothing: adds once",
 )
 BEFORE_COMMIT = failpoints.declare(
     "twoPhaseCommit.update.before-commit",
@@ -140,7 +152,16 @@ def invocation_of(gid: str) -> str | None:
 
 # --- database side -----------------------------------------------------------------------------
 
-IS_PREPARED = "SELECT EXISTS (SELECT FROM pg_prepared_xacts WHERE gid = %s)"
+#: What an earlier attempt left under the gid, in one round trip: its 32-bit xid, a current
+#: 64-bit one (to widen it to the 64-bit id the journal keeps), and the user's committed balance.
+#: No row: nothing is prepared. ``credits`` is NULL only if the user does not exist.
+PREPARED_UNDER_GID = """
+    SELECT p.transaction::text::bigint,
+           pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
+           u.credits
+    FROM pg_prepared_xacts p LEFT JOIN users u ON u.userid = %(user_id)s
+    WHERE p.gid = %(gid)s
+"""
 ADD_CREDITS_NOTING_XID = """
     UPDATE users SET credits = credits + %(add)s, version = version + 1
     WHERE userid = %(user_id)s
@@ -201,8 +222,47 @@ async def _rollback_prepared(pg: psycopg.AsyncConnection[Any], gid: str) -> bool
     return True
 
 
-async def _is_prepared(pg: psycopg.AsyncConnection[Any], gid: str) -> bool:
-    return await db.fetch_one(pg, IS_PREPARED, (gid,)) == (True,)
+def widen_xid(xid: int, near: int) -> int:
+    """The 64-bit id (``xid8``, as ``pg_current_xact_id()`` gives it and ``pg_xact_status``
+    takes it) of a transaction known by its 32-bit ``xid``, e.g. from ``pg_prepared_xacts``.
+
+    ``near`` is a current 64-bit id: ``pg_snapshot_xmax`` of a current snapshot, which is one
+    past the latest *completed* transaction, so a transaction still in progress (a prepared one)
+    may be at or even after it. Postgres keeps every live transaction within 2^31 ids of the
+    current one (wraparound protection), so the answer is the id with these low 32 bits that
+    lies within 2^31 of ``near``: in its epoch (the high 32 bits), the one before or the one
+    after.
+    """
+    if not 0 <= xid < 1 << 32:
+        raise ValueError(f"not a 32-bit transaction id: {xid}")
+    wide = (near & ~0xFFFF_FFFF) | xid
+    if wide > near + (1 << 31):
+        wide -= 1 << 32
+    elif wide < near - (1 << 31):
+        wide += 1 << 32
+    if wide < 0:
+        raise ValueError(f"transaction id {xid} cannot be near {near}")
+    return wide
+
+
+async def _adoptable(
+    pg: psycopg.AsyncConnection[Any], gid: str, user_id: str, add: int
+) -> Prepared | None:
+    """The transaction an earlier attempt of this invocation prepared under ``gid``, as that
+    attempt would have journaled it; None if nothing is prepared under ``gid``.
+
+    Only an attempt of the same invocation, with the same journaled input, prepares under this
+    gid, so what it prepared is exactly what this attempt would. Its balance: while it holds
+    the user's row lock no other transaction can commit a change to the row, so the committed
+    balance visible now is the one its UPDATE started from.
+    """
+    row = await db.fetch_one(pg, PREPARED_UNDER_GID, {"gid": gid, "user_id": user_id})
+    if row is None:
+        return None
+    xid32, near, visible = row
+    if visible is None:
+        raise RuntimeError(f"{gid} is prepared, but its user {user_id!r} is gone")
+    return Prepared(gid=gid, xid=widen_xid(int(xid32), int(near)), credits=visible + add)
 
 
 async def _xact_status(pg: psycopg.AsyncConnection[Any], xid: int) -> str | None:
@@ -225,10 +285,13 @@ async def _prepared_is_ours(pg: psycopg.AsyncConnection[Any], gid: str, xid: int
 
 
 async def prepare(gid: str, user_id: str, add: int, invocation: str) -> Prepared:
-    """Add the credits and PREPARE the transaction as ``gid``.
+    """Add the credits and PREPARE the transaction as ``gid``; or adopt the transaction an
+    earlier attempt of this invocation prepared as ``gid``. Never rolls anything back.
 
     A crash before PREPARE leaves nothing (the open transaction dies with its session). A crash
-    after it leaves a prepared transaction that the retry of this step rolls back first.
+    after it leaves a prepared transaction that the retry of this step adopts. Looking for it
+    is one query (the transaction, its xid and the balance it leaves, together), so the normal
+    path pays a single round trip for it.
     """
     async with (
         _gid_lock(gid),
@@ -236,22 +299,28 @@ async def prepare(gid: str, user_id: str, add: int, invocation: str) -> Prepared
         boundary.database_errors(f"adding {add} credits to {user_id!r}"),
         _session() as pg,
     ):
-        await failpoints.hit(BEFORE_CLEARING_LEFTOVER, invocation)
-        # Look before rolling back: a blind ROLLBACK PREPARED would fail (42704) on almost every
-        # call, and Postgres logs every failed statement.
-        if await _is_prepared(pg, gid) and await _rollback_prepared(pg, gid):
-            log.warning("rolled back %s, left by an earlier attempt before it was journaled", gid)
-        # Never server-side prepared (psycopg would, after five runs): it saves nothing on a
-        # BEGIN, and pg_stat_statements stops counting a prepared BEGIN (`dbpatterns bench`).
-        await pg.execute("BEGIN", prepare=False)
-        row = await db.fetch_one(pg, ADD_CREDITS_NOTING_XID, {"add": add, "user_id": user_id})
-        if row is None:
-            raise user_not_found(user_id)  # the open transaction is rolled back on the way out
-        credits, xid = row[0], int(row[1])
-        await failpoints.hit(BEFORE_PREPARE, invocation)
-        await pg.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+        await failpoints.hit(BEFORE_LEFTOVER_CHECK, invocation)
+        prepared = await _adoptable(pg, gid, user_id, add)
+        if prepared is not None:
+            log.warning(
+                "adopted %s (xid %d), prepared by an earlier attempt of this invocation",
+                gid,
+                prepared.xid,
+            )
+        else:
+            # Never server-side prepared (psycopg would, after five runs): it saves nothing on
+            # a BEGIN, and pg_stat_statements stops counting a prepared BEGIN (`dbpatterns
+            # bench`).
+            await pg.execute("BEGIN", prepare=False)
+            params = {"add": add, "user_id": user_id}
+            row = await db.fetch_one(pg, ADD_CREDITS_NOTING_XID, params)
+            if row is None:
+                raise user_not_found(user_id)  # the open transaction is rolled back on the way out
+            prepared = Prepared(gid=gid, xid=int(row[1]), credits=row[0])
+            await failpoints.hit(BEFORE_PREPARE, invocation)
+            await pg.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
     await failpoints.hit(AFTER_PREPARE, invocation)
-    return Prepared(gid=gid, xid=xid, credits=credits)
+    return prepared
 
 
 async def commit(prepared: Prepared, invocation: str) -> str:

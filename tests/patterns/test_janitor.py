@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,11 +19,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dbpatterns import janitor
+from dbpatterns import failpoints, janitor
 from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import PROJECT_ROOT, Settings
 from dbpatterns.patterns.two_phase_commit import gid_for
 from dbpatterns.stack import free_port, settings_env
+from tests.failpoint_checks import assert_fired
 from tests.patterns.test_two_phase_commit import credits_of, prepared_gids, update, wait_for
 
 NOW = timedelta(0)  # no grace period: the tests decide what is old
@@ -101,6 +103,7 @@ def test_an_orphan_of_a_killed_invocation_is_rolled_back(
     db: psycopg.Connection[Any],
     new_user: Callable[..., str],
     failpoint: Callable[[str, str], None],
+    failpoints_file: Path,
 ) -> None:
     """Killed between PREPARE and the journal entry: no handler code runs any more, the
     prepared transaction holds the row; the janitor rolls it back."""
@@ -109,6 +112,7 @@ def test_an_orphan_of_a_killed_invocation_is_rolled_back(
     invocation = update(ingress, user, 5, send=True).json()["invocationId"]
     gid = gid_for(invocation)
     wait_for(lambda: gid in prepared_gids(db), 10, "the transaction to prepare")
+    assert_fired(failpoints_file, "twoPhaseCommit.update.after-prepare")
     kill = admin.http.patch(f"/invocations/{invocation}/kill")
     assert kill.status_code in (200, 202), kill.text
     wait_for(
@@ -138,12 +142,19 @@ def test_a_prepared_transaction_of_a_running_invocation_is_left_alone(
     db: psycopg.Connection[Any],
     new_user: Callable[..., str],
     failpoint: Callable[[str, str], None],
+    failpoints_file: Path,
 ) -> None:
     user = new_user(credits=100)
     failpoint("twoPhaseCommit.update.before-commit", "1*sleep(4000)")
     invocation = update(ingress, user, 5, send=True).json()["invocationId"]
     gid = gid_for(invocation)
     wait_for(lambda: gid in prepared_gids(db), 10, "the transaction to prepare")
+    wait_for(
+        lambda: failpoints.spent(failpoints_file, "twoPhaseCommit.update.before-commit"),
+        10,
+        "the commit step to reach its failpoint",
+    )
+    assert_fired(failpoints_file, "twoPhaseCommit.update.before-commit")
 
     verdict = verdict_for(janitor.sweep(settings, grace=NOW), gid)
 

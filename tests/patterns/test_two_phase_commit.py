@@ -21,11 +21,14 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg import sql
 
+from dbpatterns import failpoints
 from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import Settings
-from dbpatterns.patterns.two_phase_commit import GID_PREFIX, gid_for
+from dbpatterns.patterns.two_phase_commit import GID_PREFIX, gid_for, widen_xid
 from dbpatterns.stack import RestateServer, ServiceProcess, free_port, register_deployment
+from tests.failpoint_checks import assert_fired
 
 SERVICE = "twoPhaseCommit"
 POOL_SIZE = Settings().pool_size  # the session service runs with the default pool
@@ -71,9 +74,16 @@ def update(ingress: Ingress, user: str, add: int, **kw: Any) -> httpx.Response:
     return ingress.call(SERVICE, "update", {"userId": user, "addCredits": add}, **kw)
 
 
-def fired(failpoints_file: Path, name: str) -> bool:
-    """A ``1*`` failpoint that fired reads ``off`` in the control file."""
-    return f"{name}=off" in failpoints_file.read_text()
+def xact_status(db: psycopg.Connection[Any], xid: int) -> str | None:
+    row = db.execute("SELECT pg_xact_status(%s::text::xid8)", (xid,)).fetchone()
+    assert row is not None
+    return None if row[0] is None else str(row[0])
+
+
+def service_log_lines(service: ServiceProcess, *needles: str) -> list[str]:
+    """Lines of the session service's log that contain every one of ``needles``."""
+    lines = service.log_path.read_text(errors="replace").splitlines()
+    return [line for line in lines if all(n in line for n in needles)]
 
 
 # --- the plain path ----------------------------------------------------------------------------
@@ -142,17 +152,133 @@ def test_update_adds_once_when_a_step_fails_once_at(
     failpoint: Callable[[str, str], None],
     failpoints_file: Path,
 ) -> None:
-    """after-prepare: the retry finds the orphaned prepared transaction under its gid, rolls
-    it back and prepares again. after-commit: the retry's COMMIT PREPARED fails with 42704 and
-    pg_xact_status says committed. Either way the credits are added exactly once."""
+    """after-prepare: the retry finds the transaction prepared under its gid and adopts it.
+    after-commit: the retry's COMMIT PREPARED fails with 42704 and pg_xact_status says
+    committed. Either way the credits are added exactly once."""
     user = new_user(credits=100)
     failpoint(point, "1*error")
     response = update(ingress, user, 5)
-    assert fired(failpoints_file, point), f"{point} did not fire"
+    assert_fired(failpoints_file, point)
     assert response.status_code == 200, response.text
     assert response.json()["credits"] == 105
     assert credits_of(db, user) == 105
     assert_quiet(db)
+
+
+# --- a transaction an earlier attempt prepared ---------------------------------------------------
+
+
+def test_a_retry_adopts_the_transaction_an_earlier_attempt_prepared(
+    ingress: Ingress,
+    db: psycopg.Connection[Any],
+    new_user: Callable[..., str],
+    failpoint: Callable[[str, str], None],
+    failpoints_file: Path,
+    service: ServiceProcess,
+) -> None:
+    """The prepare step fails after its PREPARE; its retry finds that transaction under the
+    gid and adopts it (no second PREPARE, no rollback): one commit, the credits added once."""
+    user = new_user(credits=100)
+    failpoint("twoPhaseCommit.update.after-prepare", "1*error")
+    response = update(ingress, user, 5)
+    assert_fired(failpoints_file, "twoPhaseCommit.update.after-prepare")
+    assert response.status_code == 200, response.text
+    invocation = response.headers["x-restate-id"]
+    gid = gid_for(invocation)
+    assert response.json() == {"committed": True, "credits": 105, "transaction": gid}
+    assert len(service_log_lines(service, f"adopted {gid} ")) == 1
+    assert len(service_log_lines(service, "committed (", invocation)) == 1
+    assert len(service_log_lines(service, "rolled back", gid)) == 0
+    row = db.execute("SELECT credits, version FROM users WHERE userid = %s", (user,)).fetchone()
+    assert row == (105, 1)
+    assert_quiet(db)
+
+
+def test_a_zombie_that_wakes_after_the_retry_prepared_adopts_and_rolls_back_nothing(
+    ingress: Ingress,
+    db: psycopg.Connection[Any],
+    database_url: str,
+    new_user: Callable[..., str],
+    failpoint: Callable[[str, str], None],
+    failpoints_file: Path,
+) -> None:
+    """While the attempt is held at before-leftover-check, the transaction a retry of the same
+    invocation would prepare is prepared under its gid (here by hand, noting its xid). The
+    attempt wakes, adopts it and commits exactly that one: the call succeeds, once."""
+    point = "twoPhaseCommit.update.before-leftover-check"
+    user = new_user(credits=100)
+    failpoint(point, "1*sleep(3000)")
+    sent = update(ingress, user, 5, send=True)
+    assert sent.status_code == 202, sent.text
+    invocation = sent.json()["invocationId"]
+    wait_for(lambda: failpoints.spent(failpoints_file, point), 10, "the attempt to reach it")
+    assert_fired(failpoints_file, point)
+    with psycopg.connect(database_url, autocommit=True) as other_attempt:
+        other_attempt.execute("BEGIN")
+        row = other_attempt.execute(
+            "UPDATE users SET credits = credits + 5, version = version + 1 WHERE userid = %s"
+            " RETURNING pg_current_xact_id()::text",
+            (user,),
+        ).fetchone()
+        assert row is not None
+        xid = int(row[0])
+        other_attempt.execute(
+            sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid_for(invocation)))
+        )
+
+    outcome = ingress.http.get(f"/restate/invocation/{invocation}/attach")
+
+    assert outcome.status_code == 200, outcome.text
+    assert outcome.json() == {"committed": True, "credits": 105, "transaction": gid_for(invocation)}
+    assert xact_status(db, xid) == "committed"
+    row = db.execute("SELECT credits, version FROM users WHERE userid = %s", (user,)).fetchone()
+    assert row == (105, 1)
+    assert_quiet(db)
+
+
+@pytest.mark.parametrize(
+    ("xid", "near", "wide"),
+    [
+        (741, 750, 741),  # epoch 0
+        (768, 768, 768),  # the snapshot's xmax can be a prepared transaction's own xid
+        (769, 768, 769),  # or before it: xmax is one past the latest *completed* transaction
+        (741, (3 << 32) + 750, (3 << 32) + 741),  # the current epoch
+        (0xFFFF_FFF0, (3 << 32) + 5, (2 << 32) + 0xFFFF_FFF0),  # the epoch before
+        (5, (2 << 32) + 0xFFFF_FFF0, (3 << 32) + 5),  # the epoch after
+    ],
+)
+def test_a_32_bit_xid_widens_to_the_64_bit_one_within_2_to_the_31_of_a_current_xid(
+    xid: int, near: int, wide: int
+) -> None:
+    assert widen_xid(xid, near) == wide
+
+
+def test_an_adopted_xid_is_the_one_the_transaction_noted(
+    database_url: str, new_user: Callable[..., str]
+) -> None:
+    """Against the server: pg_prepared_xacts' 32-bit xid widens to pg_current_xact_id()."""
+    user = new_user()
+    gid = gid_for("inv_1" + uuid.uuid4().hex[:32])
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("BEGIN")
+        noted = conn.execute(
+            "UPDATE users SET credits = credits + 1 WHERE userid = %s"
+            " RETURNING pg_current_xact_id()::text",
+            (user,),
+        ).fetchone()
+        conn.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
+        try:
+            row = conn.execute(
+                "SELECT transaction::text::bigint,"
+                " pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+                " FROM pg_prepared_xacts WHERE gid = %s",
+                (gid,),
+            ).fetchone()
+        finally:
+            conn.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+    assert noted is not None
+    assert row is not None
+    assert widen_xid(int(row[0]), int(row[1])) == int(noted[0])
 
 
 # --- cancellation ------------------------------------------------------------------------------
@@ -164,6 +290,7 @@ def test_a_cancelled_invocation_rolls_back_its_prepared_transaction(
     db: psycopg.Connection[Any],
     new_user: Callable[..., str],
     failpoint: Callable[[str, str], None],
+    failpoints_file: Path,
 ) -> None:
     """Cancelled while its transaction is prepared: the invocation rolls it back itself,
     answers 409, and the credits are not added."""
@@ -173,6 +300,7 @@ def test_a_cancelled_invocation_rolls_back_its_prepared_transaction(
     assert sent.status_code == 202, sent.text
     invocation = sent.json()["invocationId"]
     wait_for(lambda: gid_for(invocation) in prepared_gids(db), 10, "the transaction to prepare")
+    assert_fired(failpoints_file, "twoPhaseCommit.update.after-prepare")
     cancel = admin.http.patch(f"/invocations/{invocation}/cancel")
     assert cancel.status_code in (200, 202), cancel.text
     outcome = ingress.http.get(f"/restate/invocation/{invocation}/attach")
