@@ -11,6 +11,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Index,
     MetaData,
     Table,
     Text,
@@ -36,4 +37,5 @@ user_idempotency = Table(
     metadata,
     Column("id", Text, primary_key=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_user_idempotency_created_at", "created_at"),
 )

@@ -130,4 +130,7 @@ class Applied(Response):
 
 
 class Deleted(Response):
+    """``{"deleted": <this token was there>, "older": <tokens older than the TTL deleted>}``"""
+
     deleted: bool
+    older: int
