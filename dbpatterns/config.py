@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     restate_admin_url: str | None = Field(
         default=None, description="Where to reach the admin API, when not on bind_host (compose)."
     )
+    sql_trace_file: Path | None = Field(
+        default=None,
+        description="Append a line per statement each handler attempt runs (the chaos suite's "
+        "count of attempts that reached the database); off when unset.",
+    )
     pg_bin_dir: Path | None = Field(
         default=None, description="Where initdb/pg_ctl/postgres live; searched when unset."
     )

@@ -27,6 +27,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
+from dbpatterns import sqltrace
 from dbpatterns.config import Settings, get_settings
 
 APPLICATION_NAME = "dbpatterns-service"
@@ -57,6 +58,7 @@ def create_pool(settings: Settings, *, name: str = APPLICATION_NAME) -> AsyncCon
                 f"-c lock_timeout={settings.lock_timeout_ms} "
                 f"-c idle_in_transaction_session_timeout={settings.idle_in_transaction_timeout_ms}"
             ),
+            **sqltrace.connect_kwargs(),
         },
     )
 
@@ -94,7 +96,7 @@ async def connection() -> AsyncIterator[Connection]:
 @asynccontextmanager
 async def transaction() -> AsyncIterator[Connection]:
     """A pooled connection inside BEGIN ... COMMIT; an exception out of the block rolls back."""
-    async with pool().connection() as conn, conn.transaction():
+    async with pool().connection() as conn, sqltrace.commit_of(conn), conn.transaction():
         yield conn
 
 
