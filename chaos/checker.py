@@ -1,10 +1,24 @@
-"""What must hold at the end of every scenario, measured.
+"""What must hold at the end of every scenario, measured per operation.
 
-* The ledger, per user: final credits = initial credits + the sum of the deltas of the
-  acknowledged operations. Every operation on one user adds the same delta, so a difference is
-  a whole number of operations: too many credits are *duplicates* (an operation applied twice),
-  too few are *lost updates* (an acknowledged operation not applied). A difference that is not
-  a whole number of deltas is counted as *unexplained*.
+* The ledger, per operation. Each operation on a user adds its own power of 4 (``1, 4, 16,
+  ...``; ``chaos.workload.BASE``), so the user's gain (final credits minus initial), written in
+  base 4, has one digit per operation: how many times that operation was applied. The digits
+  are read back exactly while no operation is applied more than three times, and the ``version``
+  column (every credit write adds one) says whether that holds: the digits must add up to the
+  number of credit writes, or the user is reported *inconsistent* (an operation applied four
+  times or more carries into the next digit, and a write that overwrote another leaves more
+  writes than digits). Then, for each operation on its own:
+
+  - acknowledged and applied once: as promised;
+  - acknowledged and applied 0 times: a **lost update**;
+  - applied 2 or more times: a **duplicate** (``applied - 1`` extra applications);
+  - failed (a definite error answer) yet applied: **applied though failed**.
+
+  A duplicate of one operation and a lost update of another on the same user are two digits,
+  so they cannot cancel out, as they could in a net balance per user.
+* Late writes: ``late_writes`` compares a later reading of a judged cell with its verdict; any
+  operation whose count moved was written after the verdict (by a zombie the harness did not
+  wait for) and is reported against that cell.
 * Nothing left behind: no prepared transaction (``pg_prepared_xacts``), no idle-in-transaction
   session of the service, no invocation Restate has not completed (``sys_invocation``), except
   the ones that are *scheduled*: a delayed call (``idempotency.update`` schedules the expiry of
@@ -16,16 +30,46 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
-from chaos.workload import Operation, Outcome, User
+from chaos.workload import BASE, Operation, Outcome, User
 from dbpatterns.client import Admin
 from dbpatterns.db import APPLICATION_NAME
+
+LOST_UPDATE = "lost update"
+DUPLICATE = "duplicate"
+APPLIED_THOUGH_FAILED = "applied though failed"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One user's row at one moment."""
+
+    credits: int
+    version: int
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """One operation that was not applied as its answer says."""
+
+    kind: str  # LOST_UPDATE, DUPLICATE or APPLIED_THOUGH_FAILED
+    user_id: str
+    handler: str
+    idempotency_key: str
+    invocation_id: str | None
+    outcome: str
+    applied: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.kind}: {self.handler} on {self.user_id}, key {self.idempotency_key}, "
+            f"invocation {self.invocation_id or '?'}: {self.outcome}, applied {self.applied}x"
+        )
 
 
 @dataclass
@@ -35,50 +79,147 @@ class Ledger:
     acknowledged: int = 0
     failed: int = 0
     unknown: int = 0
+    #: Extra applications: an operation applied 3 times counts 2.
     duplicates: int = 0
+    #: Operations applied more than once.
+    duplicated_operations: int = 0
     lost_updates: int = 0
+    applied_though_failed: int = 0
+    #: Users whose row cannot be read back as digits (see the module docstring).
     unexplained_users: int = 0
+    inconsistent_users: int = 0
+    #: How many times each operation was applied, by idempotency key (undecodable users: absent).
+    applied: dict[str, int] = field(default_factory=dict)
+    anomalies: list[Anomaly] = field(default_factory=list)
     mismatched_users: list[str] = field(default_factory=list)
 
+    def applications(self) -> dict[int, int]:
+        """How many operations were applied 0, 1, 2, ... times."""
+        histogram: dict[int, int] = {}
+        for count in self.applied.values():
+            histogram[count] = histogram.get(count, 0) + 1
+        return dict(sorted(histogram.items()))
 
-def check_ledger(database_url: str, users: Iterable[User], ops: Iterable[Operation]) -> Ledger:
+
+@dataclass(frozen=True)
+class Decoded:
+    """A user's row read back as one count per operation."""
+
+    counts: list[int]  # empty when the row cannot be read as digits at all
+    problem: str | None = None  # set: the counts are not to be trusted as they stand
+
+
+def decode(user: User, reading: Reading) -> Decoded:
+    """How many times each of ``user``'s operations was applied, read from ``reading``."""
+    gain = reading.credits - user.initial_credits
+    writes = reading.version - user.initial_version
+    if gain < 0:
+        return Decoded([], f"{-gain} credits below its initial balance")
+    counts = []
+    rest = gain
+    for _ in user.operations:
+        rest, digit = divmod(rest, BASE)
+        counts.append(digit)
+    if rest:
+        return Decoded([], f"a gain of {gain} has digits beyond its {len(counts)} operations")
+    if sum(counts) != writes:
+        return Decoded(
+            counts,
+            f"{writes} credit write(s) but the balance reads as {sum(counts)} application(s): "
+            "an operation applied 4+ times, or a write that overwrote another",
+        )
+    return Decoded(counts)
+
+
+def judge_ledger(users: Iterable[User], readings: Mapping[str, Reading]) -> Ledger:
+    """The verdict per operation, from one reading of every user (pure: no database)."""
     users = list(users)
-    ops = list(ops)
+    ops = [op for user in users for op in user.operations]
     ledger = Ledger(users=len(users), operations=len(ops))
-    applied: dict[str, int] = defaultdict(int)
     for op in ops:
         if op.outcome == Outcome.ACKNOWLEDGED:
             ledger.acknowledged += 1
-            applied[op.user_id] += op.delta
         elif op.outcome == Outcome.FAILED:
             ledger.failed += 1
         else:
             ledger.unknown += 1
+    for user in users:
+        reading = readings.get(user.user_id)
+        if reading is None:
+            ledger.unexplained_users += 1
+            ledger.mismatched_users.append(f"{user.user_id}: the row is gone")
+            continue
+        decoded = decode(user, reading)
+        if decoded.problem is not None:
+            ledger.mismatched_users.append(f"{user.user_id}: {decoded.problem}; {_describe(user)}")
+            if not decoded.counts:
+                ledger.unexplained_users += 1
+                continue
+            ledger.inconsistent_users += 1
+        for op, applied in zip(user.operations, decoded.counts, strict=True):
+            ledger.applied[op.idempotency_key] = applied
+            kind = _anomaly(op, applied)
+            if kind is None:
+                continue
+            ledger.anomalies.append(
+                Anomaly(
+                    kind,
+                    user.user_id,
+                    op.handler.name,
+                    op.idempotency_key,
+                    op.invocation_id,
+                    str(op.outcome),
+                    applied,
+                )
+            )
+            if kind == DUPLICATE:
+                ledger.duplicates += applied - 1
+                ledger.duplicated_operations += 1
+            elif kind == LOST_UPDATE:
+                ledger.lost_updates += 1
+            else:
+                ledger.applied_though_failed += 1
+    return ledger
+
+
+def _anomaly(op: Operation, applied: int) -> str | None:
+    if applied >= 2:
+        return DUPLICATE
+    if op.outcome == Outcome.ACKNOWLEDGED and applied == 0:
+        return LOST_UPDATE
+    if op.outcome == Outcome.FAILED and applied:
+        return APPLIED_THOUGH_FAILED
+    return None
+
+
+def _describe(user: User) -> str:
+    return "ops " + ", ".join(
+        f"+{op.delta} {op.handler.name} {op.outcome} ({op.invocation_id}, sent {op.requests}x)"
+        for op in user.operations
+    )
+
+
+def read_balances(database_url: str, users: Iterable[User]) -> dict[str, Reading]:
+    ids = [u.user_id for u in users]
     with psycopg.connect(database_url, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT userid, credits FROM users WHERE userid = ANY(%s)",
-            ([u.user_id for u in users],),
+            "SELECT userid, credits, version FROM users WHERE userid = ANY(%s)", (ids,)
         ).fetchall()
-    actual = {userid: int(credits) for userid, credits in rows}
-    for user in users:
-        expected = user.initial_credits + applied[user.user_id]
-        difference = actual.get(user.user_id, 0) - expected
-        if difference == 0:
-            continue
-        theirs = [op for op in ops if op.user_id == user.user_id]
-        ledger.mismatched_users.append(
-            f"{user.user_id} ({user.handler.name}, {len(theirs)} ops of +{user.delta}): "
-            f"{actual.get(user.user_id)} credits, expected {expected}; invocations "
-            + ", ".join(f"{op.invocation_id} ({op.outcome}, sent {op.requests}x)" for op in theirs)
-        )
-        whole, rest = divmod(abs(difference), user.delta)
-        if rest:
-            ledger.unexplained_users += 1
-        elif difference > 0:
-            ledger.duplicates += whole
-        else:
-            ledger.lost_updates += whole
-    return ledger
+    return {userid: Reading(int(credits), int(version)) for userid, credits, version in rows}
+
+
+def check_ledger(database_url: str, users: Iterable[User]) -> Ledger:
+    users = list(users)
+    return judge_ledger(users, read_balances(database_url, users))
+
+
+def late_writes(verdict: Ledger, later: Ledger) -> list[str]:
+    """Operations whose count changed between a cell's verdict and a later reading."""
+    return [
+        f"operation {key}: applied {count}x at the verdict, {later.applied.get(key)}x later"
+        for key, count in verdict.applied.items()
+        if later.applied.get(key) != count
+    ]
 
 
 @dataclass

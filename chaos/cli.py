@@ -26,14 +26,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chaos import report
-from chaos.scenarios import (
-    Cell,
-    CellResult,
-    CellRunner,
-    ZombieCut,
-    mixed_storm_cell,
-    quick_cells,
-)
+from chaos.cells import Cell, mixed_storm_cell, quick_cells
+from chaos.scenarios import CellResult, CellRunner, ZombieCut
 from chaos.supervisor import CHAOS_RESTATE_ENV, CHAOS_TOKEN_TTL, SOAK_TOKEN_TTL, ChaosStack
 from chaos.workload import Operation, Workload
 from dbpatterns.config import PROJECT_ROOT
@@ -127,7 +121,7 @@ def _line(result: CellResult) -> str:
     verdict = "PASS" if result.passed else "FAIL"
     text = (
         f"        {verdict} observed {result.outcome} in {result.seconds:.1f} s "
-        f"({result.ledger.operations} ops, {result.faults.total()} faults, "
+        f"({result.ledger.operations} ops, {result.faults.events()} fault events, "
         f"{result.ledger.duplicates} dup, {result.ledger.lost_updates} lost)"
     )
     if result.problems:
@@ -196,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(stack.home, ignore_errors=True)
     say("")
     say(report.table(run))
-    json_path, md_path = report.write(run, args.report_dir)
-    say(f"\nreport: {json_path}\n        {md_path}")
+    json_path, md_path, png_path = report.write(run, args.report_dir)
+    say(f"\nreport: {json_path}\n        {md_path}\n        {png_path}")
     return 0 if run.passed else 1
 
 

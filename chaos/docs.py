@@ -1,7 +1,7 @@
 """The generated parts of chaos/README.md: the failpoint catalogue and the expected outcomes.
 
 ``python -m chaos.docs`` rewrites them from the code (``failpoints.CATALOGUE`` and
-``chaos.scenarios``); a test fails when the README is out of step.
+``chaos.cells``); a test fails when the README is out of step.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from chaos.scenarios import Cell, quick_cells
+from chaos.cells import Cell, quick_cells
 from dbpatterns import failpoints
 
 README = Path(__file__).resolve().parent / "README.md"
@@ -26,7 +26,7 @@ def catalogue_markdown() -> str:
 
 
 def _expected(cell: Cell) -> str:
-    return f"**{cell.expect}**" if cell.expect == "duplicate" else str(cell.expect)
+    return f"**{cell.expect}**" if cell.expect.is_control else str(cell.expect)
 
 
 def outcomes_markdown() -> str:

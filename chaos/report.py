@@ -1,4 +1,9 @@
-"""The results of a chaos run: a table in the terminal, and the same as JSON and Markdown files."""
+"""The results of a chaos run: a table in the terminal, the same as JSON and Markdown files, and a
+PNG matrix of the verdicts (``chaos.matrix``).
+
+Every headline figure is a sum of the rows under it: operations, anomalies by kind (each one
+listed per operation), fault events by kind (with their effects apart), attempts per invocation.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chaos import matrix
 from chaos.scenarios import CellResult
+from chaos.supervisor import FaultCounts
 from dbpatterns import failpoints
 
 COLUMNS = [
@@ -18,9 +25,10 @@ COLUMNS = [
     ("expected", "expected"),
     ("observed", "observed"),
     ("ops", "operations"),
-    ("faults", "faults_injected"),
+    ("fault events", "fault_events"),
     ("dup", "duplicates"),
     ("lost", "lost_updates"),
+    ("zombie SQL", "zombie_statements"),
     ("prepared", "prepared_transactions_left"),
     ("not done", "invocations_not_completed"),
     ("idle tx", "idle_in_transaction"),
@@ -45,8 +53,31 @@ class Run:
         for result in self.results:
             row = result.as_dict()
             row["verdict"] = "PASS" if result.passed else "FAIL"
+            sql = row["zombie_sql"]
+            row["zombie_statements"] = (
+                "-" if sql is None else f"{sql['reached']} ran, {sql['refused']} refused"
+            )
             rows.append(row)
         return rows
+
+    def faults(self) -> dict[str, int]:
+        """Fault events and effects by kind, summed over the cells."""
+        total: dict[str, int] = {}
+        for result in self.results:
+            for kind, n in result.faults.as_dict().items():
+                total[kind] = total.get(kind, 0) + n
+        return total
+
+    def anomalies(self) -> list[dict[str, Any]]:
+        return [a for row in self.rows() for a in row["anomalies"]]
+
+    def attempts(self) -> dict[str, int]:
+        """Invocations by how many of their attempts reached the database, over every cell."""
+        total: dict[str, int] = {}
+        for row in self.rows():
+            for n, count in row["attempts_reaching_db"].items():
+                total[n] = total.get(n, 0) + count
+        return dict(sorted(total.items(), key=lambda kv: int(kv[0])))
 
     def summary(self) -> dict[str, Any]:
         rows = self.rows()
@@ -55,9 +86,16 @@ class Run:
             "passed": sum(1 for r in rows if r["passed"]),
             "failed": sum(1 for r in rows if not r["passed"]),
             "operations": sum(r["operations"] for r in rows),
-            "faults_injected": sum(r["faults_injected"] for r in rows),
+            "fault_events": sum(r["fault_events"] for r in rows),
+            "faults": self.faults(),
             "duplicates": sum(r["duplicates"] for r in rows),
             "lost_updates": sum(r["lost_updates"] for r in rows),
+            "applied_though_failed": sum(r["applied_though_failed"] for r in rows),
+            "anomalies_in_exactly_once_cells": sum(
+                len(r["anomalies"]) for r in rows if r["expected"] == "exactly once"
+            ),
+            "attempts_reaching_db": self.attempts(),
+            "late_writes": sum(len(r["late_writes"]) for r in rows),
             "seconds": round(sum(r["seconds"] for r in rows), 1),
         }
 
@@ -87,34 +125,75 @@ def table(run: Run) -> str:
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in body]
     s = run.summary()
     lines.append("")
-    lines.append(
-        f"{s['passed']}/{s['cells']} cells passed; {s['operations']} operations, "
-        f"{s['faults_injected']} faults, {s['duplicates']} duplicates, "
-        f"{s['lost_updates']} lost updates, {s['seconds']} s"
-    )
+    lines.append(_headline(s))
+    lines.append(_fault_line(s["faults"]))
     for row in run.rows():
         if not row["passed"]:
             lines.append(f"FAIL {row['cell']}: " + "; ".join(row["problems"]))
     return "\n".join(lines)
 
 
-def markdown(run: Run) -> str:
+def _headline(s: dict[str, Any]) -> str:
+    return (
+        f"{s['passed']}/{s['cells']} cells passed; {s['operations']} operations, "
+        f"{s['fault_events']} fault events, {s['duplicates']} duplicate application(s), "
+        f"{s['lost_updates']} lost update(s), {s['anomalies_in_exactly_once_cells']} anomalies "
+        f"in exactly-once cells, {s['late_writes']} late write(s), {s['seconds']} s"
+    )
+
+
+def _fault_line(faults: dict[str, int]) -> str:
+    events = ", ".join(f"{k} {faults.get(k, 0)}" for k in FaultCounts.EVENTS)
+    return (
+        f"fault events by kind: {events}; effects: sessions_terminated "
+        f"{faults.get('sessions_terminated', 0)}; pauses {faults.get('service_paused', 0)} = "
+        f"resumed {faults.get('zombies_resumed', 0)} + died while paused "
+        f"{faults.get('paused_died', 0)} + still paused {faults.get('still_paused', 0)}"
+    )
+
+
+def markdown(run: Run, matrix_png: str | None = None) -> str:
     data = run.as_dict()
     s = data["summary"]
     out = [
         f"# Chaos run: {run.profile} profile, {data['started']}",
         "",
-        f"**{'PASS' if run.passed else 'FAIL'}**: {s['passed']}/{s['cells']} cells passed; "
-        f"{s['operations']} operations, {s['faults_injected']} faults injected, "
-        f"{s['duplicates']} duplicates, {s['lost_updates']} lost updates, {s['seconds']} s.",
+        f"**{'PASS' if run.passed else 'FAIL'}**: {_headline(s)}.",
         "",
-        "Expected `duplicate` marks a negative control: the anomaly must show, or the harness "
-        "failed to provoke it.",
+        _fault_line(s["faults"]) + ".",
+        "",
+        "Attempts that reached the database, per invocation (invocations by count): "
+        + (", ".join(f"{n}: {c}" for n, c in s["attempts_reaching_db"].items()) or "-")
+        + ".",
+        "",
+    ]
+    if matrix_png:
+        out += [f"![verdicts]({matrix_png})", ""]
+    out += [
+        "Expected `duplicate` or `lost update` marks a negative control: the anomaly must show, "
+        "or the harness failed to provoke it. `zombie SQL`: statements the zombie ran after it "
+        "resumed, and statements refused because its session was gone.",
         "",
         "| " + " | ".join(title for title, _ in COLUMNS) + " |",
         "|" + "|".join("---" for _ in COLUMNS) + "|",
     ]
     out += ["| " + " | ".join(cells) + " |" for cells in _cells_text(run.rows())]
+    anomalies = run.anomalies()
+    out += ["", f"## Anomalies, per operation ({len(anomalies)})", ""]
+    if anomalies:
+        out.append(
+            "| cell | failpoint | kind | handler | user | idempotency key | invocation | "
+            "answer | applied |"
+        )
+        out.append("|---|---|---|---|---|---|---|---|---|")
+        out += [
+            f"| {a['cell']} | {a['failpoint'] or '-'} | {a['kind']} | {a['handler']} | "
+            f"{a['user_id']} | {a['idempotency_key']} | {a['invocation_id'] or '-'} | "
+            f"{a['outcome']} | {a['applied']}x |"
+            for a in anomalies
+        ]
+    else:
+        out.append("None.")
     out += ["", "## Per cell", ""]
     for row in run.rows():
         out.append(f"### {row['cell']} ({row['verdict']})")
@@ -122,8 +201,16 @@ def markdown(run: Run) -> str:
         out.append(f"- expected {row['expected']} ({row['why']}); observed {row['observed']}")
         out.append(
             f"- operations: {row['operations']} ({row['acknowledged']} acknowledged, "
-            f"{row['failed']} failed, {row['unknown']} unknown); faults: "
-            + ", ".join(f"{k} {v}" for k, v in row["faults"].items() if v)
+            f"{row['failed']} failed, {row['unknown']} unknown); applied per operation "
+            f"(times: operations): {row['applications']}"
+        )
+        out.append(
+            "- fault events: "
+            + (", ".join(f"{k} {v}" for k, v in row["faults"].items() if v) or "none")
+        )
+        out.append(
+            f"- attempts that reached the database (attempts: invocations): "
+            f"{row['attempts_reaching_db'] or '-'}"
         )
         out += [f"- problem: {p}" for p in row["problems"]]
         out += [f"- note: {n}" for n in row["notes"]]
@@ -133,12 +220,15 @@ def markdown(run: Run) -> str:
     return "\n".join(out)
 
 
-def write(run: Run, folder: Path) -> tuple[Path, Path]:
-    """``chaos-<profile>-<UTC time>.json`` and ``.md`` in ``folder``."""
+def write(run: Run, folder: Path) -> tuple[Path, Path, Path]:
+    """``chaos-<profile>-<UTC time>.json``, ``.md`` and ``.png`` (the matrix) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(run.started))
     base = folder / f"chaos-{run.profile}-{stamp}"
     json_path, md_path = base.with_suffix(".json"), base.with_suffix(".md")
-    json_path.write_text(json.dumps(run.as_dict(), indent=2) + "\n")
-    md_path.write_text(markdown(run) + "\n")
-    return json_path, md_path
+    png_path = base.with_suffix(".png")
+    data = run.as_dict()
+    json_path.write_text(json.dumps(data, indent=2) + "\n")
+    matrix.render(data, png_path)
+    md_path.write_text(markdown(run, png_path.name) + "\n")
+    return json_path, md_path, png_path

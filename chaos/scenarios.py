@@ -1,37 +1,16 @@
-"""The cells of the chaos table: (handler, failpoint, fault) -> the outcome the pattern promises.
+"""Running the cells of the chaos table (``chaos.cells``) on one chaos stack, and judging them.
 
-A cell provokes its fault at a named failpoint (or, for faults of restate-server and Postgres,
-while operations are held at one), resolves every operation, and then measures: duplicates,
-lost updates, leftovers. Its *expectation* says what the pattern promises:
-
-* ``exactly once``: no duplicate, no lost update, nothing left behind;
-* ``duplicate`` (a negative control): the anomaly the pattern's docstring admits MUST show, or
-  the harness failed to provoke the fault it claims to test. Such a cell that shows no
-  duplicate fails.
-
-The kill and zombie cells are generated from the failpoint catalogue (``failpoints.CATALOGUE``),
-so a failpoint added to a handler gets its cells without touching this file.
-
-Faults:
-
-* ``kill``: the failpoint SIGKILLs the service process once; the retry runs in the standby.
-* ``zombie``: the failpoint SIGSTOPs the process once; the harness cuts Restate off from it,
-  Restate retries the invocation in the standby, and when that retry has finished (or a time
-  limit passed) the paused process is resumed and carries on: two attempts of one invocation
-  touch the database.
-* ``zombie-after-token-expiry``: the same, but the paused process resumes only after the
-  idempotency token of the retry has expired.
-* ``restate-restart`` / ``postgres-restart`` / ``terminate-connections``: operations are held at
-  a failpoint (``sleep``) while restate-server is SIGKILLed and started again, Postgres is shut
-  down immediately and started again, or the service's sessions are terminated.
-* ``kill-storm``: many operations on the exactly-once handlers, while every failpoint of those
-  handlers kills the process at random (a few percent of the hits).
-* ``mixed-storm`` (soak): the same with every kind of fault, at random.
+A cell is provoked, then the stack is *quiesced* (every paused process resumed and gone, no
+session of the service busy: nothing the cell started can still write), then judged per
+operation (``chaos.checker``), with what the SQL trace says each attempt did
+(``chaos.attempts``). Every earlier cell's ledger is read again after each cell: a write that
+lands after a verdict is reported against the cell it belongs to, and fails the cell that saw it.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import random
 import threading
 import time
@@ -42,6 +21,18 @@ from typing import Any
 
 import psycopg
 
+from chaos import attempts
+from chaos.cells import (
+    HOLD_MS,
+    NONE_DECLARED,
+    TWO_PC_AFTER_COMMIT,
+    TWO_PC_BEFORE_COMMIT,
+    TWO_PC_BEFORE_LEFTOVER_CHECK,
+    Cell,
+    Expect,
+    Fault,
+    points_of,
+)
 from chaos.checker import (
     Baseline,
     Ledger,
@@ -49,36 +40,24 @@ from chaos.checker import (
     baseline,
     check_ledger,
     check_leftovers,
+    late_writes,
 )
-from chaos.supervisor import ChaosStack, FaultCounts
+from chaos.supervisor import CHAOS_IDLE_IN_TRANSACTION_MS, ChaosStack, FaultCounts, Zombie
 from chaos.workload import (
-    CREDIT_HANDLERS,
-    EXACTLY_ONCE_HANDLERS,
     IDEMPOTENCY_UPDATE,
-    KEYED_UPDATE,
     KEYED_UPDATE_CONDITIONAL,
-    TWO_PHASE_COMMIT_UPDATE,
     CreditHandler,
     Operation,
+    Running,
     User,
     Workload,
     create_users,
 )
 from dbpatterns import failpoints, janitor
-from dbpatterns.stack import wait_until
+from dbpatterns.stack import LabError, wait_until
 
-
-class Fault(enum.StrEnum):
-    KILL = "kill"
-    ZOMBIE = "zombie"
-    ZOMBIE_AFTER_TOKEN_EXPIRY = "zombie-after-token-expiry"
-    RESTATE_RESTART = "restate-restart"
-    POSTGRES_RESTART = "postgres-restart"
-    TERMINATE_CONNECTIONS = "terminate-connections"
-    INVOCATION_KILLED = "invocation-killed"
-    ZOMBIE_BETWEEN_COMMIT_ATTEMPTS = "zombie-between-commit-attempts"
-    KILL_STORM = "kill-storm"
-    MIXED_STORM = "mixed-storm"
+#: Operations per user in a storm: several on one key (contention), within the digits a user has.
+STORM_OPS_PER_USER = 8
 
 
 class ZombieCut(enum.StrEnum):
@@ -93,201 +72,7 @@ class ZombieCut(enum.StrEnum):
     AT_ONCE = "at-once"
 
 
-class Expect(enum.StrEnum):
-    EXACTLY_ONCE = "exactly once"
-    DUPLICATE = "duplicate"
-    NOT_APPLIED = "not applied"  # the operation fails and leaves nothing behind
-
-
-#: The failpoint ``idempotency.update`` needs for its negative control: in the durable step,
-#: before the transaction claims the token (a zombie paused there claims it after expiry).
-IDEMPOTENCY_BEFORE_CLAIM = "idempotency.update.before-claim"
-
-#: Where operations are held (``sleep``) while restate-server or Postgres is restarted: a point
-#: inside the database transaction where the handler has one, else just before the write.
-HOLD_POINTS = {
-    KEYED_UPDATE.name: "keyed.update.before-write",
-    KEYED_UPDATE_CONDITIONAL.name: "keyed.updateConditional.before-write",
-    IDEMPOTENCY_UPDATE.name: "idempotency.update.before-commit",
-    # Prepared (and journaled) but not committed: the prepared transaction must outlive the
-    # fault (it survives a Postgres restart and the end of its session) and be committed after.
-    TWO_PHASE_COMMIT_UPDATE.name: "twoPhaseCommit.update.before-commit",
-}
-HOLD_MS = 1500
-
-#: ``twoPhaseCommit``'s prepare step, before it rolls back a leftover prepared transaction of
-#: an earlier attempt: a zombie frozen there and resumed after the invocation committed
-#: prepares a second transaction under the same gid.
-TWO_PC_BEFORE_CLEARING_LEFTOVER = "twoPhaseCommit.update.before-clearing-leftover"
-TWO_PC_BEFORE_COMMIT = "twoPhaseCommit.update.before-commit"
-TWO_PC_AFTER_COMMIT = "twoPhaseCommit.update.after-commit"
-#: Stands in for the point of a handler that declares none (its cells then fail, saying so).
-NONE_DECLARED = "(no failpoint declared)"
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One scenario of the table."""
-
-    handlers: tuple[CreditHandler, ...]
-    fault: Fault
-    point: str | None
-    expect: Expect
-    operations: int = 1
-    why: str = ""
-
-    @property
-    def handler(self) -> CreditHandler:
-        return self.handlers[0]
-
-    @property
-    def where(self) -> str:
-        """The point without its handler prefix (``after-commit``), or "-"."""
-        if self.point is None:
-            return "-"
-        prefix = self.handler.name + "."
-        return self.point.removeprefix(prefix)
-
-    @property
-    def id(self) -> str:
-        what = (
-            "+".join(h.name for h in self.handlers) if len(self.handlers) > 1 else self.handler.name
-        )
-        return f"{what}@{self.where}/{self.fault}"
-
-
-def points_of(handler: CreditHandler) -> list[str]:
-    """The handler's failpoints, in the order its code declares them."""
-    return [name for name in failpoints.CATALOGUE if name.startswith(handler.name + ".")]
-
-
-def expectation(handler: CreditHandler, point: str, fault: Fault) -> tuple[Expect, str]:
-    """What the pattern promises at ``point`` under ``fault``, and why."""
-    if handler.exactly_once:
-        promise = failpoints.CATALOGUE.get(point, "").partition(" -- ")[2] or "its guarantee"
-        if fault == Fault.KILL:
-            return Expect.EXACTLY_ONCE, promise
-        return Expect.EXACTLY_ONCE, "the retry and the zombie both run; adds once all the same"
-    where = point.removeprefix(handler.name + ".")
-    if fault == Fault.KILL and where == "after-commit":
-        return Expect.DUPLICATE, "committed, not journaled: the retry writes again"
-    if fault == Fault.KILL:
-        return Expect.EXACTLY_ONCE, "nothing committed before the crash: the retry writes once"
-    return Expect.DUPLICATE, "the retry and the zombie both write"
-
-
-def fault_cells(handlers: list[CreditHandler] | None = None) -> list[Cell]:
-    """Kill and zombie at every failpoint of every credit handler."""
-    cells = []
-    for handler in handlers or CREDIT_HANDLERS:
-        # A handler that declares no failpoint yet still gets its cells: they fail, saying so.
-        for point in points_of(handler) or [f"{handler.name}.{NONE_DECLARED}"]:
-            for fault in (Fault.KILL, Fault.ZOMBIE):
-                if point == IDEMPOTENCY_BEFORE_CLAIM and fault == Fault.ZOMBIE:
-                    continue  # its zombie cell is the token-expiry control (``token_expiry_cell``)
-                expect, why = expectation(handler, point, fault)
-                cells.append(Cell((handler,), fault, point, expect, why=why))
-    return cells
-
-
-def token_expiry_cell() -> Cell:
-    return Cell(
-        (IDEMPOTENCY_UPDATE,),
-        Fault.ZOMBIE_AFTER_TOKEN_EXPIRY,
-        IDEMPOTENCY_BEFORE_CLAIM,
-        Expect.DUPLICATE,
-        why="the token is gone when the zombie claims it: the window the TTL leaves open",
-    )
-
-
-def hold_point(handler: CreditHandler) -> str:
-    if handler.name in HOLD_POINTS:
-        return HOLD_POINTS[handler.name]
-    points = points_of(handler)
-    return points[0] if points else f"{handler.name}.{NONE_DECLARED}"
-
-
-def restart_cells(operations: int = 4) -> list[Cell]:
-    """Every credit handler across the faults of the other parts, held where nothing has
-    committed yet; plus ``keyed.update`` held after its commit while restate-server dies (the
-    same hole as a crash of the service there, from the other side)."""
-    cells = [
-        Cell(
-            (KEYED_UPDATE,),
-            Fault.RESTATE_RESTART,
-            "keyed.update.after-commit",
-            Expect.DUPLICATE,
-            1,
-            "restate-server dies before it records the committed step: the retry writes again",
-        )
-    ]
-    for fault in (Fault.RESTATE_RESTART, Fault.POSTGRES_RESTART, Fault.TERMINATE_CONNECTIONS):
-        for handler in CREDIT_HANDLERS:
-            why = "held before its commit: nothing committed when the fault strikes"
-            cells.append(
-                Cell((handler,), fault, hold_point(handler), Expect.EXACTLY_ONCE, operations, why)
-            )
-    return cells
-
-
-def janitor_cell() -> Cell:
-    return Cell(
-        (TWO_PHASE_COMMIT_UPDATE,),
-        Fault.INVOCATION_KILLED,
-        "twoPhaseCommit.update.before-commit",
-        Expect.NOT_APPLIED,
-        why="killed through Restate while prepared: no handler code runs any more; the janitor "
-        "(`dbpatterns janitor`) rolls the prepared transaction back",
-    )
-
-
-def stranger_commit_cell() -> Cell:
-    return Cell(
-        (TWO_PHASE_COMMIT_UPDATE,),
-        Fault.ZOMBIE_BETWEEN_COMMIT_ATTEMPTS,
-        TWO_PC_BEFORE_CLEARING_LEFTOVER,
-        Expect.EXACTLY_ONCE,
-        why="a zombie prepares again under the gid after the retry's COMMIT PREPARED, whose "
-        "step was not journaled (killed); the next attempt's COMMIT PREPARED must not commit "
-        "the zombie's transaction",
-    )
-
-
-def kill_storm_cell(operations: int = 200) -> Cell:
-    return Cell(
-        tuple(EXACTLY_ONCE_HANDLERS),
-        Fault.KILL_STORM,
-        None,
-        Expect.EXACTLY_ONCE,
-        operations,
-        why="every failpoint of the exactly-once handlers kills at random",
-    )
-
-
-def mixed_storm_cell(operations: int) -> Cell:
-    return Cell(
-        tuple(EXACTLY_ONCE_HANDLERS),
-        Fault.MIXED_STORM,
-        None,
-        Expect.EXACTLY_ONCE,
-        operations,
-        why="kills, zombies, restate-server and Postgres restarts, terminated sessions",
-    )
-
-
-def quick_cells(storm_operations: int = 200) -> list[Cell]:
-    """Every cell once, then the random-kill storm."""
-    return [
-        *fault_cells(),
-        token_expiry_cell(),
-        *restart_cells(),
-        janitor_cell(),
-        stranger_commit_cell(),
-        kill_storm_cell(storm_operations),
-    ]
-
-
-# --- running a cell ----------------------------------------------------------------------------
+# --- results -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -300,6 +85,12 @@ class CellResult:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)  # what a particular cell counts
+    #: Per invocation of the cell: how many of its attempts reached the database.
+    reached_db: dict[str, int] = field(default_factory=dict)
+    #: What the cell's zombies did in the database after they resumed (zombie cells).
+    zombie_sql: attempts.ZombieSQL | None = None
+    #: Writes found after the verdict (by a later cell's re-reading).
+    late_writes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -307,21 +98,31 @@ class CellResult:
 
     @property
     def outcome(self) -> str:
-        """What was observed, in the words of the expectation."""
-        if not self.ledger.operations:
+        """What was observed, in the words of the expectations."""
+        ledger = self.ledger
+        if not ledger.operations:
             return "not run"
-        if self.ledger.duplicates and not self.ledger.lost_updates:
-            return Expect.DUPLICATE
-        if self.ledger.lost_updates:
-            return "lost update"
-        if self.ledger.unexplained_users or self.ledger.unknown:
+        if ledger.unknown or ledger.unexplained_users or ledger.inconsistent_users:
             return "inconsistent"
-        if self.ledger.operations and self.ledger.failed == self.ledger.operations:
+        seen = []
+        if ledger.duplicates:
+            seen.append(str(Expect.DUPLICATE))
+        if ledger.lost_updates:
+            seen.append(str(Expect.LOST_UPDATE))
+        if ledger.applied_though_failed:
+            if ledger.failed == ledger.applied_though_failed:
+                seen.append(str(Expect.APPLIED_CALL_KILLED))
+            else:
+                seen.append("applied though failed")
+        if seen:
+            return " + ".join(seen)
+        if ledger.failed == ledger.operations:
             return Expect.NOT_APPLIED
         return Expect.EXACTLY_ONCE
 
     def as_dict(self) -> dict[str, Any]:
-        c = self.cell
+        c, ledger = self.cell, self.ledger
+        reached = list(self.reached_db.values())
         return {
             "cell": c.id,
             "handlers": [h.name for h in c.handlers],
@@ -331,15 +132,33 @@ class CellResult:
             "observed": str(self.outcome),
             "passed": self.passed,
             "seconds": round(self.seconds, 2),
-            "operations": self.ledger.operations,
-            "acknowledged": self.ledger.acknowledged,
-            "failed": self.ledger.failed,
-            "unknown": self.ledger.unknown,
-            "faults_injected": self.faults.total(),
+            "operations": ledger.operations,
+            "acknowledged": ledger.acknowledged,
+            "failed": ledger.failed,
+            "unknown": ledger.unknown,
+            "fault_events": self.faults.events(),
             "faults": self.faults.as_dict(),
-            "duplicates": self.ledger.duplicates,
-            "lost_updates": self.ledger.lost_updates,
-            "unexplained_users": self.ledger.unexplained_users,
+            "duplicates": ledger.duplicates,
+            "duplicated_operations": ledger.duplicated_operations,
+            "lost_updates": ledger.lost_updates,
+            "applied_though_failed": ledger.applied_though_failed,
+            "unexplained_users": ledger.unexplained_users,
+            "inconsistent_users": ledger.inconsistent_users,
+            "applications": {str(k): v for k, v in ledger.applications().items()},
+            "anomalies": [
+                {"cell": c.id, "failpoint": c.point, **vars(a)} for a in ledger.anomalies
+            ],
+            "invocations_traced": len(reached),
+            "attempts_reaching_db": _histogram(reached),
+            "attempts_per_invocation": dict(sorted(self.reached_db.items())[:20]),
+            "zombie_sql": None
+            if self.zombie_sql is None
+            else {
+                "reached": self.zombie_sql.reached,
+                "refused": self.zombie_sql.refused,
+                "sqlstates": list(self.zombie_sql.sqlstates),
+            },
+            "late_writes": self.late_writes,
             "prepared_transactions_left": self.leftovers.prepared_transactions,
             "invocations_not_completed": self.leftovers.invocations_not_completed,
             "invocations_scheduled": self.leftovers.invocations_scheduled,
@@ -347,11 +166,19 @@ class CellResult:
             "problems": self.problems,
             "notes": self.notes,
             "counts": self.counts,
-            "mismatched_users": self.ledger.mismatched_users[:10],
+            "mismatched_users": ledger.mismatched_users[:10],
             "not_completed": self.leftovers.not_completed[:10],
             "prepared_left": self.leftovers.prepared[:10],
             "why": c.why,
         }
+
+
+def _histogram(values: list[int]) -> dict[str, int]:
+    """{"1": invocations with one attempt that reached the database, "2": ..., ...}"""
+    out: dict[str, int] = {}
+    for v in sorted(values):
+        out[str(v)] = out.get(str(v), 0) + 1
+    return out
 
 
 @dataclass
@@ -359,9 +186,19 @@ class Trial:
     """What a cell's provocation observed along the way."""
 
     earlier: Baseline = field(default_factory=Baseline)  # leftovers of earlier cells
+    started: float = field(default_factory=time.time)  # wall clock, as Postgres and the trace
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Judged:
+    result: CellResult
+    users: list[User]
+
+
+# --- the runner ----------------------------------------------------------------------------------
 
 
 class CellRunner:
@@ -379,12 +216,16 @@ class CellRunner:
         self.workload = workload
         self.random = random.Random(seed)
         self.zombie_cut = zombie_cut
+        self.trace = attempts.Trace(stack.sql_trace_path)
+        self.judged: list[_Judged] = []
 
     def run(self, cell: Cell) -> CellResult:
         stack = self.stack
         stack.failpoints.clear()
         stack.wait_ready()
         before = stack.faults.minus(FaultCounts())
+        resumed_before = len(stack.resumed)
+        trace_mark = self.trace.offset()
         earlier = baseline(stack.database_url, stack.admin)
         started = time.monotonic()
         trial = Trial(earlier)
@@ -394,7 +235,6 @@ class CellRunner:
                 f"transaction(s), {len(earlier.invocation_ids)} invocation(s) not completed"
             )
         users: list[User] = []
-        ops: list[Operation] = []
         missing = [p for p in self._points_needed(cell) if p not in failpoints.CATALOGUE]
         if missing:
             trial.problems.append(
@@ -403,12 +243,19 @@ class CellRunner:
             )
         else:
             try:
-                users, ops = self._provoke(cell, trial)
+                users = self._provoke(cell, trial)
             finally:
                 stack.failpoints.clear()
-        ledger = check_ledger(stack.database_url, users, ops)
+        try:
+            stack.quiesce()
+        except LabError as exc:
+            trial.problems.append(str(exc))
+        ledger = check_ledger(stack.database_url, users)
         leftovers = check_leftovers(stack.database_url, stack.admin, earlier=earlier)
         faults = stack.faults.minus(before)
+        lines = self.trace.read(trace_mark)
+        cell_invocations = {op.invocation_id for u in users for op in u.operations}
+        grouped = attempts.attempts(lines)
         result = CellResult(
             cell,
             ledger,
@@ -418,67 +265,107 @@ class CellRunner:
             trial.problems,
             trial.notes,
             trial.counts,
+            reached_db={
+                i: n for i, n in attempts.reaching(grouped).items() if i in cell_invocations
+            },
         )
+        zombies = stack.resumed[resumed_before:]
+        if cell.fault.is_zombie or zombies:
+            result.zombie_sql = _zombies_sql(lines, zombies)
+            result.notes.append(f"zombie: {result.zombie_sql}")
         self._judge(result)
+        self._reread_earlier_cells(result)
+        self.judged.append(_Judged(result, users))
         return result
+
+    def _reread_earlier_cells(self, current: CellResult) -> None:
+        """Read every judged cell's users again: a count that moved is a late write."""
+        for judged in self.judged:
+            later = check_ledger(self.stack.database_url, judged.users)
+            moved = [
+                w
+                for w in late_writes(judged.result.ledger, later)
+                if w not in judged.result.late_writes
+            ]
+            if not moved:
+                continue
+            cell_id = judged.result.cell.id
+            judged.result.late_writes += moved
+            judged.result.problems += [f"late write after the verdict: {w}" for w in moved]
+            current.problems.append(
+                f"{len(moved)} late write(s) into the earlier cell {cell_id}: {moved[0]}"
+            )
 
     @staticmethod
     def _points_needed(cell: Cell) -> list[str]:
-        if cell.fault == Fault.ZOMBIE_BETWEEN_COMMIT_ATTEMPTS:
-            return [TWO_PC_BEFORE_CLEARING_LEFTOVER, TWO_PC_BEFORE_COMMIT, TWO_PC_AFTER_COMMIT]
+        if cell.fault in (
+            Fault.ZOMBIE_BETWEEN_COMMIT_ATTEMPTS,
+            Fault.ZOMBIE_BETWEEN_PREPARE_AND_COMMIT,
+        ):
+            return [TWO_PC_BEFORE_LEFTOVER_CHECK, TWO_PC_BEFORE_COMMIT, TWO_PC_AFTER_COMMIT]
         if cell.point is not None:
             return [cell.point]
         # A storm needs every handler it drives to declare failpoints, or it proves nothing.
         return [f"{h.name}.{NONE_DECLARED}" for h in cell.handlers if not points_of(h)]
 
-    def _provoke(self, cell: Cell, trial: Trial) -> tuple[list[User], list[Operation]]:
-        provoke: dict[Fault, Callable[[Cell, Trial], tuple[list[User], list[Operation]]]]
-        provoke = {
+    def _provoke(self, cell: Cell, trial: Trial) -> list[User]:
+        provoke: dict[Fault, Callable[[Cell, Trial], list[User]]] = {
             Fault.KILL: self._kill,
             Fault.ZOMBIE: self._zombie,
+            Fault.ZOMBIE_AFTER_IDLE_TIMEOUT: self._zombie,
             Fault.ZOMBIE_AFTER_TOKEN_EXPIRY: self._zombie,
+            Fault.ZOMBIE_BETWEEN_PREPARE_AND_COMMIT: self._zombie_between_prepare_and_commit,
+            Fault.ZOMBIE_BETWEEN_COMMIT_ATTEMPTS: self._zombie_between_commit_attempts,
+            Fault.OUTSIDE_WRITER: self._outside_writer,
             Fault.RESTATE_RESTART: self._held,
             Fault.POSTGRES_RESTART: self._held,
             Fault.TERMINATE_CONNECTIONS: self._held,
             Fault.INVOCATION_KILLED: self._invocation_killed,
-            Fault.ZOMBIE_BETWEEN_COMMIT_ATTEMPTS: self._zombie_between_commit_attempts,
             Fault.KILL_STORM: self._storm,
             Fault.MIXED_STORM: self._storm,
         }
         return provoke[cell.fault](cell, trial)
 
-    def _users_and_ops(self, cell: Cell) -> tuple[list[User], list[Operation]]:
-        users = create_users(self.stack.database_url, cell.handler, cell.operations)
-        return users, [Operation(u.handler, u.user_id, u.delta) for u in users]
+    def _users(self, cell: Cell, handler: CreditHandler | None = None) -> list[User]:
+        """One fresh user per operation, each with its one operation through the cell's handler."""
+        users = create_users(self.stack.database_url, cell.operations)
+        for user in users:
+            user.operation(handler or cell.handler)
+        return users
 
     # --- kill ------------------------------------------------------------------------------------
 
-    def _kill(self, cell: Cell, trial: Trial) -> tuple[list[User], list[Operation]]:
+    def _kill(self, cell: Cell, trial: Trial) -> list[User]:
         assert cell.point is not None
-        users, ops = self._users_and_ops(cell)
+        users = self._users(cell)
         self.stack.failpoints.set({cell.point: "1*kill"})
-        self.workload.run_all(ops)
+        self.workload.run_all(_ops(users))
         if self.stack.failpoints.remaining(cell.point) != 0:
             trial.problems.append(f"the failpoint {cell.point} was never reached")
-        return users, ops
+        return users
 
     # --- zombie ----------------------------------------------------------------------------------
 
-    def _zombie(self, cell: Cell, trial: Trial) -> tuple[list[User], list[Operation]]:
+    def _zombie(self, cell: Cell, trial: Trial) -> list[User]:
         assert cell.point is not None
         stack = self.stack
-        users, ops = self._users_and_ops(cell)
+        users = self._users(cell)
         earlier = self._invocations_not_completed()
-        stack.reset_zombie_connections_at_once = self.zombie_cut == ZombieCut.AT_ONCE
-        stack.failpoints.set({cell.point: "1*pause"})
-        running = self.workload.start(ops)
+        # A zombie racing the retry for a lock must be resumed before Postgres's idle timeout
+        # ends its session, and the token-expiry control waits for the expiry: both need the
+        # retry to start at once, not after Restate's own timeouts.
+        at_once = (
+            self.zombie_cut == ZombieCut.AT_ONCE
+            or cell.races_a_lock
+            or cell.fault == Fault.ZOMBIE_AFTER_TOKEN_EXPIRY
+        )
+        stack.reset_zombie_connections_at_once = at_once
         try:
-            zombie = stack.wait_for_zombie(timeout=30)
-        except TimeoutError:
-            trial.problems.append(f"the failpoint {cell.point} never paused the service")
-            return users, running.wait()
+            running, zombie = self._start_until_paused(users, {cell.point: "1*pause"}, trial)
         finally:
             stack.reset_zombie_connections_at_once = True
+        if zombie is None:
+            return users
         paused = time.monotonic()
         if not zombie.restate_side_reset:
             failure = self._wait_restate_gave_up(earlier, timeout=40)
@@ -490,17 +377,31 @@ class CellRunner:
                     f"{time.monotonic() - paused:.1f} s: {failure}"
                 )
             stack.reset_restate_side(zombie)
+        if cell.races_a_lock:
+            if wait_until(lambda: stack.sessions_waiting_for_a_lock() > 0, 10, 0.02):
+                trial.counts["retry_waited_for_the_zombies_lock"] = 1
+                trial.notes.append(
+                    f"the retry waits for the zombie's lock {time.monotonic() - paused:.1f} s "
+                    "after the pause: resuming the zombie now"
+                )
+            else:
+                trial.problems.append("the retry never waited for the zombie's lock")
+            stack.resume_zombie(zombie, linger=2.0)
+            running.wait()
+            return users
         # The retry runs in the standby. A zombie holding a lock the retry needs keeps it
         # waiting until Postgres ends the zombie's idle transaction; give it that long and more.
         running.wait(timeout=30)
-        retry_finished = running.done()
         trial.notes.append(
-            f"retry {'finished' if retry_finished else 'still running'} "
+            f"retry {'finished' if running.done() else 'still running'} "
             f"{time.monotonic() - paused:.1f} s after the pause "
             f"({zombie.connections_cut} connection(s) from Restate cut)"
         )
+        if cell.fault == Fault.ZOMBIE_AFTER_IDLE_TIMEOUT:
+            idle = CHAOS_IDLE_IN_TRANSACTION_MS / 1000 + 0.5
+            time.sleep(max(0.0, paused + idle - time.monotonic()))
         if cell.fault == Fault.ZOMBIE_AFTER_TOKEN_EXPIRY:
-            if not self._wait_tokens_expired(timeout=30):
+            if not self._wait_tokens_expired(trial, timeout=40):
                 trial.problems.append("the idempotency token did not expire")
             else:
                 trial.notes.append("the retry's idempotency token had expired")
@@ -512,12 +413,30 @@ class CellRunner:
             for line in _log_since(zombie.slot.service.log_path, log_mark)
             if not line.startswith("---")
         ]
-        trial.notes.append("zombie after resume: " + (" | ".join(woke[-4:]) or "(no log lines)"))
-        return users, ops
+        trial.notes.append("zombie log after resume: " + (" | ".join(woke[-3:]) or "(nothing)"))
+        return users
 
-    def _invocations_not_completed(self) -> set[str]:
-        rows = self.stack.admin.query("SELECT id FROM sys_invocation WHERE status != 'completed'")
-        return {str(r["id"]) for r in rows}
+    def _start_until_paused(
+        self, users: list[User], actions: dict[str, str], trial: Trial
+    ) -> tuple[Running, Zombie | None]:
+        """Switch ``actions`` on (one of them a ``1*pause``), send the users' operations, and
+        wait for the process to pause; None (and a problem) if it never does."""
+        stack = self.stack
+        stack.failpoints.set(actions)
+        running = self.workload.start(_ops(users))
+        try:
+            return running, stack.wait_for_zombie(timeout=30)
+        except TimeoutError:
+            paused_at = [p for p, a in actions.items() if a.endswith("pause")]
+            trial.problems.append(f"the failpoint {', '.join(paused_at)} never paused the service")
+            running.wait()
+            return running, None
+
+    def _invocations_not_completed(self, target: str = "") -> set[str]:
+        rows = self.stack.admin.query(
+            "SELECT id, target FROM sys_invocation WHERE status != 'completed'"
+        )
+        return {str(r["id"]) for r in rows if str(r["target"]).startswith(target)}
 
     def _wait_restate_gave_up(self, earlier: set[str], timeout: float) -> str | None:
         """Until Restate records the failure of an attempt of this cell's invocation (and
@@ -534,56 +453,91 @@ class CellRunner:
 
         return seen[0][:200] if wait_until(gave_up, timeout, interval=0.2) else None
 
-    def _wait_tokens_expired(self, timeout: float) -> bool:
-        def empty() -> bool:
-            with psycopg.connect(self.stack.database_url, autocommit=True) as conn:
-                row = conn.execute("SELECT count(*) FROM user_idempotency").fetchone()
-            return row is not None and row[0] == 0
+    def _tokens_of_this_cell(self, trial: Trial) -> int:
+        with psycopg.connect(self.stack.database_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM user_idempotency WHERE created_at >= to_timestamp(%s)",
+                (trial.started - 1,),
+            ).fetchone()
+        return int(row[0]) if row else 0
 
-        return wait_until(empty, timeout, interval=0.2)
+    def _wait_tokens_expired(self, trial: Trial, timeout: float) -> bool:
+        return wait_until(lambda: self._tokens_of_this_cell(trial) == 0, timeout, interval=0.2)
+
+    # --- the lost-update control ----------------------------------------------------------------
+
+    def _outside_writer(self, cell: Cell, trial: Trial) -> list[User]:
+        """``updateConditional`` is held after its journaled read while ``idempotency.update``
+        adds to the same user: the conditional write then finds the version moved."""
+        assert cell.point is not None
+        stack = self.stack
+        (user,) = create_users(stack.database_url, 1)
+        held = user.operation(KEYED_UPDATE_CONDITIONAL)
+        outside = user.operation(IDEMPOTENCY_UPDATE)
+        stack.failpoints.set({cell.point: f"1*sleep({HOLD_MS * 2})"})
+        running = self.workload.start([held])
+        if not wait_until(lambda: stack.failpoints.remaining(cell.point or "") == 0, 20, 0.02):
+            trial.problems.append(f"{held.handler.name} never reached {cell.point}")
+        self.workload.run(outside)
+        if running.done():
+            trial.problems.append("the outside write landed after the held write: no window")
+        else:
+            trial.counts["outside_writes_inside_the_window"] = 1
+            trial.notes.append("the outside write committed while updateConditional was held")
+        running.wait()
+        return [user]
 
     # --- faults while operations are held ------------------------------------------------------
 
-    def _held(self, cell: Cell, trial: Trial) -> tuple[list[User], list[Operation]]:
+    def _held(self, cell: Cell, trial: Trial) -> list[User]:
         point = cell.point
         assert point is not None
         stack = self.stack
-        users, ops = self._users_and_ops(cell)
-        stack.failpoints.set({point: f"{len(ops)}*sleep({HOLD_MS})"})
-        running = self.workload.start(ops)
+        users = self._users(cell)
+        stack.failpoints.set({point: f"{cell.operations}*sleep({HOLD_MS})"})
+        running = self.workload.start(_ops(users))
         if not wait_until(lambda: stack.failpoints.remaining(point) == 0, 20, 0.02):
             trial.problems.append(f"the operations did not all reach {point}")
         else:
-            trial.notes.append(f"{len(ops)} operation(s) held at {point} when the fault struck")
+            trial.notes.append(f"{cell.operations} operation(s) held at {point} when it struck")
         if cell.fault == Fault.RESTATE_RESTART:
             stack.restart_restate()
         elif cell.fault == Fault.POSTGRES_RESTART:
             stack.restart_postgres()
         else:
-            if stack.terminate_service_connections() == 0:
+            terminated = stack.terminate_service_connections()
+            trial.counts["sessions_terminated"] = terminated
+            if terminated == 0:
                 trial.problems.append("no service session to terminate")
         running.wait()
-        return users, ops
+        return users
 
-    # --- an invocation killed through Restate, then the janitor ----------------------------------
+    # --- an invocation killed through Restate ----------------------------------------------------
 
-    def _invocation_killed(self, cell: Cell, trial: Trial) -> tuple[list[User], list[Operation]]:
+    def _invocation_killed(self, cell: Cell, trial: Trial) -> list[User]:
         """Hold the operation at ``cell.point``, kill its invocation (no handler code runs any
-        more, not even a cleanup), then sweep as ``dbpatterns janitor --once --grace 0`` would."""
+        more, not even a cleanup). ``twoPhaseCommit``: then sweep as ``./lab janitor --once
+        --grace 0`` would. ``idempotency``: then show its token expires all the same."""
         point = cell.point
         assert point is not None
         stack = self.stack
-        users, ops = self._users_and_ops(cell)
-        earlier = self._invocations_not_completed()
+        users = self._users(cell)
+        target = f"{cell.handler.service}/{cell.handler.handler}"
+        earlier = self._invocations_not_completed(target)
         stack.failpoints.set({point: f"1*sleep({HOLD_MS * 4})"})
-        running = self.workload.start(ops)
+        running = self.workload.start(_ops(users))
         if not wait_until(lambda: stack.failpoints.remaining(point) == 0, 20, 0.02):
             trial.problems.append(f"the operation did not reach {point}")
-            return users, running.wait()
-        killed = sorted(self._invocations_not_completed() - earlier)
+            running.wait()
+            return users
+        killed = sorted(self._invocations_not_completed(target) - earlier)
+        children_before = self._scheduled_children(killed)
         for invocation in killed:
             stack.kill_invocation(invocation)
         running.wait()
+        trial.notes += [f"answer: {op.status} {op.answer[:160]}" for op in _ops(users)]
+        if cell.handler == IDEMPOTENCY_UPDATE:
+            return users + self._expire_a_killed_token(trial, children_before, killed)
         prepared = check_leftovers(
             stack.database_url, stack.admin, settle=0, earlier=trial.earlier
         ).prepared
@@ -593,37 +547,90 @@ class CellRunner:
         ]
         trial.counts["janitor_rolled_back"] = sum(v.action == "rolled back" for v in verdicts)
         trial.notes += [f"janitor: {v}" for v in verdicts]
-        trial.notes += [f"answer: {op.status} {op.answer[:160]}" for op in ops]
-        return users, ops
+        return users
 
-    # --- a zombie between two attempts of twoPhaseCommit's commit step ----------------------------
-
-    def _zombie_between_commit_attempts(
-        self, cell: Cell, trial: Trial
-    ) -> tuple[list[User], list[Operation]]:
-        """Attempt A freezes in the prepare step before it clears leftovers. Attempt B, in the
-        standby, prepares, commits, and dies before Restate records the commit. While attempt C
-        is held before its COMMIT PREPARED, A wakes: it finds nothing to clear under the gid
-        (B committed), adds the credits again and prepares that under the same gid. Then C runs
-        COMMIT PREPARED gid: whatever it commits must not be A's transaction."""
-        point = cell.point
-        assert point is not None
-        stack = self.stack
-        users, ops = self._users_and_ops(cell)
-        killed_before = stack.faults.service_killed
-        stack.failpoints.set(
-            {
-                point: "1*pause",
-                TWO_PC_BEFORE_COMMIT: f"2*sleep({HOLD_MS * 2})",
-                TWO_PC_AFTER_COMMIT: "1*kill",
-            }
+    def _scheduled_children(self, parents: list[str]) -> int:
+        rows = self.stack.admin.query(
+            "SELECT id, invoked_by_id FROM sys_invocation WHERE status = 'scheduled'"
         )
-        running = self.workload.start(ops)
-        try:
-            zombie = stack.wait_for_zombie(timeout=30)
-        except TimeoutError:
-            trial.problems.append(f"the failpoint {point} never paused the service")
-            return users, running.wait()
+        return sum(1 for r in rows if r.get("invoked_by_id") in parents)
+
+    def _expire_a_killed_token(
+        self, trial: Trial, children_before: int, killed: list[str]
+    ) -> list[User]:
+        """A kill through Restate kills the invocation's scheduled expiry with it (a delayed
+        one-way call is a child of the invocation): count that, then show that the token goes
+        all the same, with the expiry of the next call, which also deletes every older token."""
+        stack = self.stack
+        trial.counts["expiries_scheduled_before_the_kill"] = children_before
+        trial.counts["expiries_killed_with_it"] = children_before - self._scheduled_children(killed)
+        with psycopg.connect(stack.database_url, autocommit=True) as conn:
+            tokens = [
+                str(t)
+                for (t,) in conn.execute(
+                    "SELECT id FROM user_idempotency WHERE created_at >= to_timestamp(%s)",
+                    (trial.started - 1,),
+                ).fetchall()
+            ]
+        trial.counts["tokens_of_killed_calls"] = len(tokens)
+        (next_user,) = create_users(stack.database_url, 1)
+        self.workload.run(next_user.operation(IDEMPOTENCY_UPDATE))
+        ttl = stack.token_ttl.total_seconds()
+
+        def left() -> int:
+            with psycopg.connect(stack.database_url, autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM user_idempotency WHERE id = ANY(%s)", (tokens,)
+                ).fetchone()
+            return int(row[0]) if row else 0
+
+        wait_until(lambda: left() == 0, ttl + 20, 0.2)
+        trial.counts["tokens_left_after_the_next_expiry"] = left()
+        if trial.counts["tokens_left_after_the_next_expiry"]:
+            trial.problems.append(
+                f"the killed call's token is still there {ttl:g} s + 20 s after the next call: "
+                "leaked"
+            )
+        return [next_user]
+
+    # --- zombies of twoPhaseCommit's prepare step in the middle of a healthy retry ------------
+
+    def _zombie_between_prepare_and_commit(self, cell: Cell, trial: Trial) -> list[User]:
+        """Attempt A freezes before its leftover check. Attempt B, in the standby, prepares,
+        journals the PREPARE, and is held before its COMMIT PREPARED. A wakes: it finds B's
+        prepared transaction and must leave it alone, so that B's commit succeeds."""
+        stack = self.stack
+        users = self._users(cell)
+        actions = {TWO_PC_BEFORE_LEFTOVER_CHECK: "1*pause", TWO_PC_BEFORE_COMMIT: "1*sleep(4000)"}
+        running, zombie = self._start_until_paused(users, actions, trial)
+        if zombie is None:
+            return users
+        if wait_until(lambda: stack.failpoints.remaining(TWO_PC_BEFORE_COMMIT) == 0, 30, 0.02):
+            trial.notes.append("B prepared and journaled it; B is held before COMMIT PREPARED")
+        else:
+            trial.problems.append("the retry never reached its COMMIT PREPARED")
+        stack.resume_zombie(zombie, linger=1.0)
+        running.wait()
+        trial.notes += [f"answer: {op.status} {op.answer[:160]}" for op in _ops(users)]
+        return users
+
+    def _zombie_between_commit_attempts(self, cell: Cell, trial: Trial) -> list[User]:
+        """Attempt A freezes before its leftover check. Attempt B, in the standby, prepares,
+        commits, and dies before Restate records the commit. While attempt C is held before its
+        COMMIT PREPARED, A wakes: it finds nothing under the gid (B committed), adds the credits
+        again and prepares that under the same gid. Then C runs COMMIT PREPARED gid: whatever
+        it commits must not be A's transaction."""
+        stack = self.stack
+        users = self._users(cell)
+        killed_before = stack.faults.service_killed
+        actions = {
+            TWO_PC_BEFORE_LEFTOVER_CHECK: "1*pause",
+            TWO_PC_BEFORE_COMMIT: f"2*sleep({HOLD_MS * 2})",
+            TWO_PC_AFTER_COMMIT: "1*kill",
+        }
+        running, zombie = self._start_until_paused(users, actions, trial)
+        if zombie is None:
+            return users
         c_is_held = wait_until(
             lambda: (
                 stack.faults.service_killed > killed_before
@@ -638,18 +645,26 @@ class CellRunner:
             trial.notes.append("B committed and died; C is held before COMMIT PREPARED")
         stack.resume_zombie(zombie, linger=HOLD_MS * 2 / 1000)
         running.wait()
-        trial.notes += [f"answer: {op.status} {op.answer[:160]}" for op in ops]
-        return users, ops
+        trial.notes += [f"answer: {op.status} {op.answer[:160]}" for op in _ops(users)]
+        return users
 
     # --- storms ----------------------------------------------------------------------------------
 
-    def _storm(self, cell: Cell, trial: Trial) -> tuple[list[User], list[Operation]]:
+    def _storm(self, cell: Cell, trial: Trial) -> list[User]:
+        """``cell.operations`` operations, spread over the handlers, several per user (at most
+        ``STORM_OPS_PER_USER``), sent in random order so a user's operations overlap."""
         stack = self.stack
         rnd = self.random
         users: list[User] = []
-        per_handler = max(2, min(16, cell.operations // (8 * len(cell.handlers)) or 2))
-        for handler in cell.handlers:
-            users += create_users(stack.database_url, handler, per_handler)
+        ops: list[Operation] = []
+        for index, handler in enumerate(cell.handlers):
+            count = cell.operations // len(cell.handlers) + (
+                1 if index < cell.operations % len(cell.handlers) else 0
+            )
+            mine = create_users(stack.database_url, math.ceil(count / STORM_OPS_PER_USER))
+            ops += [mine[i % len(mine)].operation(handler) for i in range(count)]
+            users += mine
+        rnd.shuffle(ops)
         points = [p for h in cell.handlers for p in points_of(h)]
         kill_percent = 2.0
         actions = {p: f"{kill_percent:g}%kill" for p in points}
@@ -658,10 +673,6 @@ class CellRunner:
             for p in rnd.sample(points, k=max(1, len(points) // 3)):
                 actions[p] = "1%pause"
             stack.auto_resume_after = 4.0
-        ops = [
-            Operation(u.handler, u.user_id, u.delta)
-            for u in (rnd.choice(users) for _ in range(cell.operations))
-        ]
         stack.failpoints.set(actions)
         chaos = _HarnessChaos(stack, rnd) if mixed else None
         try:
@@ -674,58 +685,100 @@ class CellRunner:
                 trial.notes.append(f"harness faults: {chaos.injected}")
             stack.failpoints.clear()
             if mixed:
-                stack.auto_resume_after = 0.0  # wake any zombie left now
-                wait_until(lambda: not stack.zombies, 10)
-                stack.auto_resume_after = None
+                stack.auto_resume_after = None  # quiesce() wakes any zombie left
         trial.notes.append(
-            f"{len(users)} users, failpoints: {len(points)} at {kill_percent:g}% kill"
+            f"{len(users)} users, {len(ops)} ops (up to {STORM_OPS_PER_USER} per user), "
+            f"failpoints: {len(points)} at {kill_percent:g}% kill"
         )
-        return users, ops
+        return users
 
     # --- judging ---------------------------------------------------------------------------------
 
     @staticmethod
     def _judge(result: CellResult) -> None:
-        cell, ledger, left, faults = result.cell, result.ledger, result.leftovers, result.faults
+        cell, ledger, left = result.cell, result.ledger, result.leftovers
         problems = result.problems
-        wanted = {
-            Fault.KILL: faults.service_killed,
-            Fault.ZOMBIE: min(faults.service_paused, faults.zombies_resumed),
-            Fault.ZOMBIE_AFTER_TOKEN_EXPIRY: min(faults.service_paused, faults.zombies_resumed),
-            Fault.RESTATE_RESTART: faults.restate_killed,
-            Fault.POSTGRES_RESTART: faults.postgres_restarted,
-            Fault.TERMINATE_CONNECTIONS: faults.connections_terminated,
-            Fault.INVOCATION_KILLED: faults.invocations_killed,
-            Fault.ZOMBIE_BETWEEN_COMMIT_ATTEMPTS: min(
-                faults.service_paused, faults.zombies_resumed, faults.service_killed
-            ),
-            Fault.KILL_STORM: faults.service_killed,
-            Fault.MIXED_STORM: faults.total(),
-        }[cell.fault]
-        if wanted < 1:
+        expect = cell.expect
+        if cell.injected(result.faults) < 1:
             problems.append(f"no {cell.fault} fault was injected")
         if ledger.unknown:
             problems.append(f"{ledger.unknown} operation(s) ended unknown")
-        if cell.expect == Expect.NOT_APPLIED and ledger.acknowledged:
+        if expect == Expect.NOT_APPLIED and ledger.acknowledged:
             problems.append(f"{ledger.acknowledged} operation(s) acknowledged, none expected")
-        if cell.expect != Expect.NOT_APPLIED and ledger.failed:
+        if expect == Expect.APPLIED_CALL_KILLED and not ledger.failed:
+            problems.append("no call was killed")
+        if expect not in (Expect.NOT_APPLIED, Expect.APPLIED_CALL_KILLED) and ledger.failed:
             problems.append(f"{ledger.failed} operation(s) failed")
         if ledger.unexplained_users:
-            problems.append(f"{ledger.unexplained_users} user(s) off by a fraction of a delta")
-        if ledger.lost_updates:
+            problems.append(f"{ledger.unexplained_users} user(s) whose balance does not decode")
+        if ledger.inconsistent_users:
+            problems.append(
+                f"{ledger.inconsistent_users} user(s) whose writes and applications disagree"
+            )
+        if expect == Expect.LOST_UPDATE and not ledger.lost_updates:
+            problems.append(
+                "negative control showed no lost update: the harness did not provoke the anomaly"
+            )
+        elif expect != Expect.LOST_UPDATE and ledger.lost_updates:
             problems.append(f"{ledger.lost_updates} lost update(s)")
-        if cell.expect != Expect.DUPLICATE and ledger.duplicates:
-            problems.append(f"{ledger.duplicates} duplicate(s)")
-        if cell.expect == Expect.DUPLICATE and not ledger.duplicates:
+        if expect == Expect.DUPLICATE and not ledger.duplicates:
             problems.append(
                 "negative control showed no duplicate: the harness did not provoke the anomaly"
             )
+        elif expect != Expect.DUPLICATE and ledger.duplicates:
+            problems.append(
+                f"{ledger.duplicates} duplicate application(s) of "
+                f"{ledger.duplicated_operations} operation(s)"
+            )
+        if expect == Expect.APPLIED_CALL_KILLED:
+            if ledger.applied_though_failed != ledger.failed:
+                problems.append(
+                    f"{ledger.applied_though_failed} of {ledger.failed} killed call(s) applied: "
+                    "each committed before the kill"
+                )
+        elif ledger.applied_though_failed:
+            problems.append(f"{ledger.applied_though_failed} failed operation(s) applied")
+        expected_kind = {
+            Expect.DUPLICATE: "duplicate",
+            Expect.LOST_UPDATE: "lost update",
+            Expect.APPLIED_CALL_KILLED: "applied though failed",
+        }.get(expect)
+        problems += [f"anomaly: {a}" for a in ledger.anomalies if a.kind != expected_kind][:5]
+        if cell.fault.is_zombie:
+            sql = result.zombie_sql
+            if cell.fault == Fault.ZOMBIE_AFTER_IDLE_TIMEOUT:
+                if sql is None or sql.reached or not sql.refused:
+                    problems.append(
+                        f"the zombie's statement after resuming was not refused ({sql}): "
+                        "the idle-in-transaction timeout was not what ended it"
+                    )
+            elif sql is None or not sql.reached:
+                problems.append(
+                    f"the zombie ran no SQL after it resumed ({sql}): two attempts never raced"
+                )
         if left.prepared_transactions:
             problems.append(f"{left.prepared_transactions} prepared transaction(s) left")
         if left.idle_in_transaction:
             problems.append(f"{left.idle_in_transaction} idle-in-transaction session(s) left")
         if left.invocations_not_completed:
             problems.append(f"{left.invocations_not_completed} invocation(s) not completed")
+
+
+def _ops(users: list[User]) -> list[Operation]:
+    return [op for user in users for op in user.operations]
+
+
+def _zombies_sql(lines: list[dict[str, Any]], zombies: list[Zombie]) -> attempts.ZombieSQL:
+    reached = refused = 0
+    states: set[str] = set()
+    for zombie in zombies:
+        if zombie.resumed_at is None:
+            continue
+        sql = attempts.zombie_sql(lines, zombie.pid, zombie.resumed_at)
+        reached += sql.reached
+        refused += sql.refused
+        states.update(sql.sqlstates)
+    return attempts.ZombieSQL(reached, refused, tuple(sorted(states)))
 
 
 class _HarnessChaos:

@@ -69,17 +69,30 @@ CHAOS_RESTATE_ENV = {
     "RESTATE_DEFAULT_RETRY_POLICY__MAX_INTERVAL": "1s",
 }
 
-#: How long ``idempotency.update`` keeps a token in the harness's services: short, so the
-#: negative control's zombie can outlive it. Safe for the other cells, whose zombies touch the
-#: database only at their failpoint. Not for random pauses (the soak), which freeze every
-#: invocation of the process at any point, including before the token is claimed: a zombie
-#: that outlives the TTL there adds twice, the window the pattern documents.
-CHAOS_TOKEN_TTL = timedelta(seconds=2)
+#: How long ``idempotency.update`` keeps a token in the harness's quick profile: short, so the
+#: negative control's zombie can outlive it; longer than any of the other cells needs its token.
+#: The expiry is scheduled when the call starts, so the TTL must also outlast the retry of a
+#: zombie cell (Restate gives up on the paused attempt after about 8 s) plus the zombie's run:
+#: a token inserted after its expiry ran would stay for good. Not for random pauses (the soak),
+#: which freeze every invocation of the process at any point, including before the token is
+#: claimed: a zombie that outlives the TTL there adds twice, the window the pattern documents.
+CHAOS_TOKEN_TTL = timedelta(seconds=12)
 #: The TTL of a stack whose processes are paused at random (soak): far longer than a zombie
 #: lives there (``auto_resume_after`` plus its linger).
 SOAK_TOKEN_TTL = timedelta(minutes=10)
+#: The service's setting that turns ``dbpatterns.sqltrace`` on.
+SQL_TRACE_ENV = "DBPATTERNS_SQL_TRACE_FILE"
 #: A paused zombie's open transaction is ended by Postgres after this long.
 CHAOS_IDLE_IN_TRANSACTION_MS = 3000
+
+
+BUSY_SESSIONS = (
+    "SELECT count(*) FROM pg_stat_activity "
+    "WHERE application_name = %s AND state IS DISTINCT FROM 'idle'"
+)
+SESSIONS_WAITING_FOR_A_LOCK = (
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'"
+)
 
 
 def process_state(pid: int) -> str:
@@ -164,33 +177,60 @@ class ServiceSlot:
 
 @dataclass
 class FaultCounts:
-    """Faults observed or injected since the harness started (read before/after a cell)."""
+    """Fault events since the harness started, by kind, apart from their effects.
 
-    service_killed: int = 0  # a failpoint's kill, seen as an unexpected exit
+    Read before and after a cell (``minus``). An *event* is one fault struck once: a process
+    killed, a process paused, restate-server killed, Postgres restarted, one call that
+    terminates the service's sessions, an invocation killed through Restate. What an event
+    caused is counted apart (``sessions_terminated``: one terminate event may end ten sessions).
+    Every pause ends one of two ways, and both are counted: the harness resumed it
+    (``zombies_resumed``) or the process died while paused (``paused_died``); ``still_paused``
+    says how many are neither yet, so ``service_paused == zombies_resumed + paused_died +
+    still_paused`` always holds.
+    """
+
+    service_killed: int = 0  # a failpoint's kill, seen as an unexpected exit of a serving process
     service_paused: int = 0  # a failpoint's pause, seen as a stopped process
     zombies_resumed: int = 0
+    paused_died: int = 0
     restate_killed: int = 0
     postgres_restarted: int = 0
-    connections_terminated: int = 0
+    terminate_events: int = 0
     invocations_killed: int = 0  # through Restate's admin API
+    sessions_terminated: int = 0  # the effect of the terminate events
+
+    #: The kinds that are events (``sessions_terminated`` is an effect; a resume ends a pause).
+    EVENTS = (
+        "service_killed",
+        "service_paused",
+        "restate_killed",
+        "postgres_restarted",
+        "terminate_events",
+        "invocations_killed",
+    )
 
     def minus(self, earlier: FaultCounts) -> FaultCounts:
         return FaultCounts(
             **{k: getattr(self, k) - getattr(earlier, k) for k in self.__dataclass_fields__}
         )
 
-    def total(self) -> int:
-        return (
-            self.service_killed
-            + self.service_paused
-            + self.restate_killed
-            + self.postgres_restarted
-            + self.connections_terminated
-            + self.invocations_killed
+    def plus(self, other: FaultCounts) -> FaultCounts:
+        return FaultCounts(
+            **{k: getattr(self, k) + getattr(other, k) for k in self.__dataclass_fields__}
         )
 
+    @property
+    def still_paused(self) -> int:
+        return self.service_paused - self.zombies_resumed - self.paused_died
+
+    def events(self) -> int:
+        """Fault events of every kind (not their effects, not the resumes that end pauses)."""
+        return sum(getattr(self, k) for k in self.EVENTS)
+
     def as_dict(self) -> dict[str, int]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__} | {
+            "still_paused": self.still_paused
+        }
 
 
 @dataclass
@@ -198,9 +238,11 @@ class Zombie:
     """A paused service process that Restate has been cut off from."""
 
     slot: ServiceSlot
+    pid: int | None
     paused_at: float
     connections_cut: int
     restate_side_reset: bool  # False: Restate's side is silent until ``reset_restate_side``
+    resumed_at: float | None = None  # wall clock (``time.time()``), as the SQL trace has it
 
 
 @dataclass
@@ -216,7 +258,8 @@ class ChaosStack:
     slots: list[ServiceSlot] = field(init=False)
     failpoints: FailpointControl = field(init=False)
     faults: FaultCounts = field(default_factory=FaultCounts, init=False)
-    zombies: list[Zombie] = field(default_factory=list, init=False)
+    zombies: list[Zombie] = field(default_factory=list, init=False)  # paused now
+    resumed: list[Zombie] = field(default_factory=list, init=False)  # every zombie resumed so far
     active: ServiceSlot = field(init=False)
     auto_resume_after: float | None = field(default=None, init=False)
     #: When a process pauses, reset Restate's side of its connections at once (Restate retries
@@ -253,7 +296,10 @@ class ChaosStack:
         self.postgres = PostgresServer(self.settings, home / "postgres")
         self.restate = RestateServer(self.settings, home / "restate")
         self.failpoints = FailpointControl(home / "failpoints.conf")
-        env = {failpoints.ENV_FILE: str(self.failpoints.path)}
+        env = {
+            failpoints.ENV_FILE: str(self.failpoints.path),
+            SQL_TRACE_ENV: str(self.sql_trace_path),
+        }
         self.slots = []
         for name in ("service-1", "service-2"):
             port = free_port()
@@ -302,6 +348,7 @@ class ChaosStack:
         for thread in self._restarts:
             thread.join(40)  # a process being started is stopped below, not left behind
         for zombie in self.zombies:
+            self.faults.paused_died += 1
             with contextlib.suppress(Exception):
                 self._kill_slot(zombie.slot)
         for slot in self.slots:
@@ -327,6 +374,11 @@ class ChaosStack:
         if self._admin is None:
             self._admin = Admin(self.settings.admin_url, timeout=10)
         return self._admin
+
+    @property
+    def sql_trace_path(self) -> Path:
+        """Where both service processes trace each attempt's SQL (``dbpatterns.sqltrace``)."""
+        return self.home / "sqltrace.jsonl"
 
     @property
     def database_url(self) -> str:
@@ -392,6 +444,8 @@ class ChaosStack:
                 self.faults.service_killed += 1
                 log.warning("%s died (pid %s): failing over, restarting it", slot.name, slot.pid)
             slot.state = "dead"
+            died_paused = [z for z in self.zombies if z.slot is slot]
+            self.faults.paused_died += len(died_paused)
             self.zombies = [z for z in self.zombies if z.slot is not slot]
             self.proxy.release(slot.port)
             if self.active is slot:
@@ -404,7 +458,7 @@ class ChaosStack:
                 self._failover(slot)
             reset = self.reset_zombie_connections_at_once
             cut = self.proxy.partition(slot.port, reset=reset)
-            self.zombies.append(Zombie(slot, time.monotonic(), cut, reset))
+            self.zombies.append(Zombie(slot, slot.pid, time.monotonic(), cut, reset))
             log.warning(
                 "%s paused (pid %s): %d connection(s) from Restate %s; it is a zombie now",
                 slot.name,
@@ -435,7 +489,9 @@ class ChaosStack:
         process = zombie.slot.service.process
         if process is not None:
             process.resume()
+        zombie.resumed_at = time.time()
         self.faults.zombies_resumed += 1
+        self.resumed.append(zombie)
         self.zombies.remove(zombie)
         log.warning("%s resumed as a zombie (pid %s)", zombie.slot.name, zombie.slot.pid)
         if linger > 0:
@@ -471,6 +527,38 @@ class ChaosStack:
         ):
             states = ", ".join(s.describe() for s in self.slots)
             raise LabError(f"the service processes did not settle: {states}")
+
+    def quiesce(self, timeout: float = 60.0) -> None:
+        """Until no process of the service is paused or lingering as a resumed zombie, and no
+        session of the service is running a statement or holding a transaction open: from then
+        on, nothing the cell started can still write. Paused processes are resumed first."""
+        with self._lock:
+            for zombie in list(self.zombies):
+                self._resume_zombie(zombie)
+
+        def quiet() -> bool:
+            if self.zombies or any(s.state == "zombie" for s in self.slots):
+                return False
+            return self.busy_service_sessions() == 0
+
+        if not wait_until(quiet, timeout, interval=0.1):
+            states = ", ".join(s.describe() for s in self.slots)
+            raise LabError(
+                f"the stack did not quiesce within {timeout:g} s: {states}; "
+                f"{self.busy_service_sessions()} busy service session(s)"
+            )
+
+    def busy_service_sessions(self) -> int:
+        """Sessions of the service that are not idle (a statement or a transaction open)."""
+        return self._service_sessions(BUSY_SESSIONS)
+
+    def sessions_waiting_for_a_lock(self) -> int:
+        return self._service_sessions(SESSIONS_WAITING_FOR_A_LOCK)
+
+    def _service_sessions(self, query: str) -> int:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            row = conn.execute(query, (APPLICATION_NAME,)).fetchone()
+        return int(row[0]) if row else 0
 
     # --- faults on the other parts ---------------------------------------------------------
 
@@ -514,6 +602,7 @@ class ChaosStack:
                 (APPLICATION_NAME,),
             ).fetchone()
         count = int(row[0]) if row else 0
-        self.faults.connections_terminated += count
+        self.faults.terminate_events += 1
+        self.faults.sessions_terminated += count
         log.warning("terminated %d service connection(s)", count)
         return count

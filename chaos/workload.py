@@ -82,11 +82,19 @@ class Outcome(enum.StrEnum):
     UNKNOWN = "unknown"  # Restate did not answer before the deadline
 
 
+#: Every operation on a user adds its own power of ``BASE`` (1, 4, 16, ...): the user's gain,
+#: written in base 4, has one digit per operation, which is how many times that operation was
+#: applied (0 to 3). See ``chaos.checker``.
+BASE = 4
+#: 4**9 = 262,144 is the largest power within the handlers' limit of 1,000,000 per call.
+MAX_OPS_PER_USER = 10
+
+
 @dataclass
 class Operation:
     handler: CreditHandler
     user_id: str
-    delta: int
+    digit: int  # its position in the user's base-4 gain: it adds BASE**digit credits
     idempotency_key: str = field(default_factory=lambda: f"chaos-{uuid.uuid4()}")
     outcome: Outcome = Outcome.PENDING
     requests: int = 0  # how many times it was sent (1 + the re-asks)
@@ -94,28 +102,36 @@ class Operation:
     answer: str = ""
     invocation_id: str | None = None
 
+    @property
+    def delta(self) -> int:
+        return int(BASE**self.digit)
+
 
 @dataclass
 class User:
+    """A user of one cell, created for it; its operations each take the next digit."""
+
     user_id: str
     initial_credits: int
-    delta: int  # every operation on this user adds the same amount (duplicates = excess / delta)
-    handler: CreditHandler  # one handler per user: see the checker
+    initial_version: int = 0
+    operations: list[Operation] = field(default_factory=list)
+
+    def operation(self, handler: CreditHandler) -> Operation:
+        """A new operation on this user through ``handler``, adding the next power of 4."""
+        digit = len(self.operations)
+        if digit >= MAX_OPS_PER_USER:
+            raise ValueError(
+                f"user {self.user_id} already has {digit} operations: a user holds at most "
+                f"{MAX_OPS_PER_USER} (one base-{BASE} digit each, within the handlers' limit)"
+            )
+        op = Operation(handler, self.user_id, digit)
+        self.operations.append(op)
+        return op
 
 
-def create_users(
-    database_url: str,
-    handler: CreditHandler,
-    count: int,
-    *,
-    initial_credits: int = 1000,
-    delta: Callable[[int], int] = lambda i: 7 + i % 5,
-) -> list[User]:
+def create_users(database_url: str, count: int, *, initial_credits: int = 1000) -> list[User]:
     """Fresh users of their own for one scenario, inserted directly into the database."""
-    users = [
-        User(f"chaos-{uuid.uuid4().hex[:12]}", initial_credits, delta(i), handler)
-        for i in range(count)
-    ]
+    users = [User(f"chaos-{uuid.uuid4().hex[:12]}", initial_credits) for _ in range(count)]
     with psycopg.connect(database_url, autocommit=True) as conn, conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO users (userid, name, address, credits) VALUES (%s, %s, %s, %s)",

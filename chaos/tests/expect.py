@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from chaos.scenarios import CellResult, Fault
+from chaos.scenarios import CellResult
 
 COUNTS = (
     "operations",
@@ -13,7 +13,9 @@ COUNTS = (
     "unknown",
     "duplicates",
     "lost_updates",
+    "applied_though_failed",
     "unexplained_users",
+    "inconsistent_users",
     "prepared_transactions_left",
     "invocations_not_completed",
     "idle_in_transaction",
@@ -27,21 +29,7 @@ def counts(result: CellResult) -> dict[str, int]:
 
 def injected(result: CellResult) -> int:
     """How many faults of the cell's own kind struck (a kill cell counts kills, ...)."""
-    f = result.faults
-    return {
-        Fault.KILL: f.service_killed,
-        Fault.ZOMBIE: min(f.service_paused, f.zombies_resumed),
-        Fault.ZOMBIE_AFTER_TOKEN_EXPIRY: min(f.service_paused, f.zombies_resumed),
-        Fault.RESTATE_RESTART: f.restate_killed,
-        Fault.POSTGRES_RESTART: f.postgres_restarted,
-        Fault.TERMINATE_CONNECTIONS: f.connections_terminated,
-        Fault.INVOCATION_KILLED: f.invocations_killed,
-        Fault.ZOMBIE_BETWEEN_COMMIT_ATTEMPTS: min(
-            f.service_paused, f.zombies_resumed, f.service_killed
-        ),
-        Fault.KILL_STORM: f.service_killed,
-        Fault.MIXED_STORM: f.total(),
-    }[result.cell.fault]
+    return result.cell.injected(result.faults)
 
 
 def _detail(result: CellResult) -> str:
@@ -56,7 +44,9 @@ def _expected_counts(operations: int, duplicates: int) -> dict[str, int]:
         "unknown": 0,
         "duplicates": duplicates,
         "lost_updates": 0,
+        "applied_though_failed": 0,
         "unexplained_users": 0,
+        "inconsistent_users": 0,
         "prepared_transactions_left": 0,
         "invocations_not_completed": 0,
         "idle_in_transaction": 0,
@@ -80,6 +70,29 @@ def duplicated(result: CellResult, *, faults: int = 1) -> None:
     operations = result.cell.operations
     assert counts(result) == _expected_counts(operations, operations), _detail(result)
     assert injected(result) == faults, _detail(result)
+    assert result.problems == [], _detail(result)
+
+
+def lost(result: CellResult, *, lost_updates: int = 1) -> None:
+    """A lost-update control: every operation acknowledged, ``lost_updates`` of them not
+    applied, none applied twice."""
+    operations = result.cell.operations
+    wanted = _expected_counts(operations, 0) | {"lost_updates": lost_updates}
+    assert counts(result) == wanted, _detail(result)
+    assert result.problems == [], _detail(result)
+
+
+def applied_call_killed(result: CellResult, *, killed: int = 1, others: int = 1) -> None:
+    """``killed`` calls killed after their transaction committed: failed, and applied exactly
+    once; ``others`` calls of the cell acknowledged and applied once."""
+    operations = killed + others
+    wanted = _expected_counts(operations, 0) | {
+        "acknowledged": others,
+        "failed": killed,
+        "applied_though_failed": killed,
+    }
+    assert counts(result) == wanted, _detail(result)
+    assert injected(result) == killed, _detail(result)
     assert result.problems == [], _detail(result)
 
 

@@ -2,14 +2,24 @@
 
 Cells come from the failpoint catalogue: a failpoint added to one of these handlers is tested
 here without a change to this file. Each cell runs one operation and asserts the counts: one
-operation acknowledged, its credits applied once, the fault struck once, nothing left behind.
+operation acknowledged, its credits applied once, the fault struck once, nothing left behind;
+and, for a zombie, that it reached the database after it resumed (or, in the idle-timeout
+variant, that Postgres refused its next statement).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from chaos.scenarios import Cell, CellRunner, Fault, fault_cells, stranger_commit_cell
+from chaos.cells import (
+    Cell,
+    Fault,
+    fault_cells,
+    stranger_commit_cell,
+    token_expires_after_a_kill_cell,
+    zombie_between_prepare_and_commit_cell,
+)
+from chaos.scenarios import CellResult, CellRunner
 from chaos.tests import expect
 from chaos.workload import (
     IDEMPOTENCY_UPDATE,
@@ -23,6 +33,11 @@ def cells(handler: CreditHandler, fault: Fault) -> list[Cell]:
     return [cell for cell in fault_cells([handler]) if cell.fault == fault]
 
 
+def zombie_reached_the_database(result: CellResult) -> None:
+    assert result.zombie_sql is not None, result.notes
+    assert result.zombie_sql.reached >= 1, result.notes
+
+
 def where(cell: Cell) -> str:
     return cell.where
 
@@ -34,7 +49,9 @@ def test_update_conditional_is_exactly_once_when_killed(runner: CellRunner, cell
 
 @pytest.mark.parametrize("cell", cells(KEYED_UPDATE_CONDITIONAL, Fault.ZOMBIE), ids=where)
 def test_update_conditional_is_exactly_once_under_a_zombie(runner: CellRunner, cell: Cell) -> None:
-    expect.exactly_once(runner.run(cell))
+    result = runner.run(cell)
+    zombie_reached_the_database(result)
+    expect.exactly_once(result)
 
 
 @pytest.mark.parametrize("cell", cells(IDEMPOTENCY_UPDATE, Fault.KILL), ids=where)
@@ -44,7 +61,9 @@ def test_idempotency_update_is_exactly_once_when_killed(runner: CellRunner, cell
 
 @pytest.mark.parametrize("cell", cells(IDEMPOTENCY_UPDATE, Fault.ZOMBIE), ids=where)
 def test_idempotency_update_is_exactly_once_under_a_zombie(runner: CellRunner, cell: Cell) -> None:
-    expect.exactly_once(runner.run(cell))
+    result = runner.run(cell)
+    zombie_reached_the_database(result)
+    expect.exactly_once(result)
 
 
 @pytest.mark.parametrize("cell", cells(TWO_PHASE_COMMIT_UPDATE, Fault.KILL), ids=where)
@@ -58,7 +77,9 @@ def test_two_phase_commit_update_is_exactly_once_when_killed(
 def test_two_phase_commit_update_is_exactly_once_under_a_zombie(
     runner: CellRunner, cell: Cell
 ) -> None:
-    expect.exactly_once(runner.run(cell))
+    result = runner.run(cell)
+    zombie_reached_the_database(result)
+    expect.exactly_once(result)
 
 
 def test_two_phase_commit_update_never_commits_what_a_zombie_prepared_again(
@@ -67,4 +88,44 @@ def test_two_phase_commit_update_never_commits_what_a_zombie_prepared_again(
     """A zombie frozen before the prepare step clears leftovers wakes after the retry's
     COMMIT PREPARED (whose step Restate did not record) and prepares again under the same gid;
     the next attempt's COMMIT PREPARED must not commit that second transaction."""
-    expect.exactly_once(runner.run(stranger_commit_cell()))
+    result = runner.run(stranger_commit_cell())
+    zombie_reached_the_database(result)
+    expect.exactly_once(result, faults=1)
+
+
+def test_two_phase_commit_update_succeeds_when_a_zombie_wakes_between_prepare_and_commit(
+    runner: CellRunner,
+) -> None:
+    """The zombie finds the retry's journaled prepared transaction and leaves it alone: the
+    call is acknowledged and its credits applied once."""
+    result = runner.run(zombie_between_prepare_and_commit_cell())
+    zombie_reached_the_database(result)
+    expect.exactly_once(result)
+
+
+@pytest.mark.parametrize(
+    "handler", [IDEMPOTENCY_UPDATE, TWO_PHASE_COMMIT_UPDATE], ids=lambda h: h.name
+)
+def test_a_zombie_holding_a_transaction_is_stopped_by_the_idle_timeout_alone(
+    runner: CellRunner, handler: CreditHandler
+) -> None:
+    """The variant where Postgres, not the pattern, keeps the attempts apart: the zombie's
+    session is gone when it resumes, so its next statement is refused."""
+    (cell,) = cells(handler, Fault.ZOMBIE_AFTER_IDLE_TIMEOUT)
+    result = runner.run(cell)
+    assert result.zombie_sql is not None, result.notes
+    assert result.zombie_sql.refused >= 1, result.notes
+    assert result.zombie_sql.reached == 0, result.notes
+    expect.exactly_once(result)
+
+
+def test_idempotency_token_expires_even_when_the_invocation_is_killed_after_its_transaction(
+    runner: CellRunner,
+) -> None:
+    """The kill takes the scheduled expiry with it (counted); the next call's expiry, which
+    deletes every token older than the TTL, removes the killed call's token all the same."""
+    result = runner.run(token_expires_after_a_kill_cell())
+    assert result.counts["expiries_killed_with_it"] == 1, result.notes
+    assert result.counts["tokens_of_killed_calls"] == 1, result.notes
+    expect.applied_call_killed(result)
+    assert result.counts["tokens_left_after_the_next_expiry"] == 0, result.notes

@@ -4,7 +4,8 @@ until the janitor rolls it back. The call fails (409 killed) and its credits are
 
 from __future__ import annotations
 
-from chaos.scenarios import CellRunner, janitor_cell
+from chaos.cells import janitor_cell
+from chaos.scenarios import CellRunner
 from chaos.tests import expect
 
 

@@ -8,9 +8,15 @@ write under test is ``keyed.update`` (``credits = credits + n`` in a durable ste
 
 from __future__ import annotations
 
-import pytest
-
-from chaos.scenarios import Cell, CellRunner, Fault, fault_cells, restart_cells, token_expiry_cell
+from chaos.cells import (
+    Cell,
+    Fault,
+    fault_cells,
+    lost_update_cell,
+    restart_cells,
+    token_expiry_cell,
+)
+from chaos.scenarios import CellRunner
 from chaos.tests import expect
 from chaos.workload import KEYED_UPDATE
 
@@ -32,9 +38,13 @@ def test_keyed_update_duplicates_when_killed_after_commit(runner: CellRunner) ->
     expect.duplicated(runner.run(keyed_update_cell(Fault.KILL, "after-commit")))
 
 
-@pytest.mark.parametrize("where", ["before-write", "after-commit"])
-def test_keyed_update_duplicates_under_a_zombie(runner: CellRunner, where: str) -> None:
-    expect.duplicated(runner.run(keyed_update_cell(Fault.ZOMBIE, where)))
+def test_keyed_update_duplicates_under_a_zombie_that_writes_after_resuming(
+    runner: CellRunner,
+) -> None:
+    result = runner.run(keyed_update_cell(Fault.ZOMBIE, "before-write"))
+    assert result.zombie_sql is not None, result.notes
+    assert result.zombie_sql.reached >= 1, result.notes
+    expect.duplicated(result)
 
 
 def test_keyed_update_duplicates_when_restate_server_dies_after_commit(
@@ -46,7 +56,26 @@ def test_keyed_update_duplicates_when_restate_server_dies_after_commit(
 def test_idempotency_update_duplicates_when_its_token_expires_before_a_zombie_resumes(
     runner: CellRunner,
 ) -> None:
-    expect.duplicated(runner.run(token_expiry_cell()))
+    result = runner.run(token_expiry_cell())
+    assert result.zombie_sql is not None, result.notes
+    assert result.zombie_sql.reached >= 1, result.notes
+    expect.duplicated(result)
+
+
+def test_update_conditional_loses_an_update_when_another_handler_writes_the_user(
+    runner: CellRunner,
+) -> None:
+    """The lost-update control: the outside write lands inside the window, and the harness
+    sees the held operation acknowledged but not applied."""
+    result = runner.run(lost_update_cell())
+    assert result.counts["outside_writes_inside_the_window"] == 1, result.notes
+    expect.lost(result, lost_updates=1)
+    (anomaly,) = result.ledger.anomalies
+    assert (anomaly.kind, anomaly.handler, anomaly.applied) == (
+        "lost update",
+        "keyed.updateConditional",
+        0,
+    )
 
 
 def test_every_failpoint_of_keyed_update_has_a_negative_or_positive_cell() -> None:

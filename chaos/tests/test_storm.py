@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from chaos.scenarios import CellRunner, kill_storm_cell
+from chaos.cells import kill_storm_cell
+from chaos.scenarios import CellRunner
 from chaos.tests import expect
 
 STORM_OPERATIONS = 200
@@ -12,3 +13,5 @@ def test_exactly_once_handlers_stay_exact_through_a_random_kill_storm(runner: Ce
     result = runner.run(kill_storm_cell(STORM_OPERATIONS))
     expect.exactly_once(result, faults=None)
     assert result.ledger.operations == STORM_OPERATIONS
+    assert len(result.ledger.applied) == STORM_OPERATIONS  # every operation decoded on its own
+    assert result.ledger.applications() == {1: STORM_OPERATIONS}

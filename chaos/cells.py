@@ -1,0 +1,395 @@
+"""The chaos table: (handler, failpoint, fault) -> the outcome the pattern promises, and why.
+
+A cell provokes its fault at a named failpoint (or, for faults of restate-server and Postgres,
+while operations are held at one), resolves every operation, and then measures each operation
+on its own: applied 0, 1, 2, ... times (``chaos.checker``). Its *expectation* says what the
+pattern promises:
+
+* ``exactly once``: every operation acknowledged and applied once, nothing left behind;
+* ``duplicate`` / ``lost update`` (negative controls): the anomaly the pattern's docstring admits
+  MUST show, or the harness failed to provoke the fault it claims to test: such a cell that
+  shows none fails;
+* ``not applied``: the call fails and nothing of it stays;
+* ``applied, call killed``: the transaction committed before the invocation was killed, so its
+  credits stay (once) while the caller hears of the kill.
+
+Kill and zombie cells are generated from the failpoint catalogue (``failpoints.CATALOGUE``), so
+a failpoint added to a handler gets its cells without touching this file.
+
+Faults:
+
+* ``kill``: the failpoint SIGKILLs the service process once; the retry runs in the standby.
+* ``zombie``: the failpoint SIGSTOPs the process once; Restate is cut off from it and retries
+  the invocation in the standby; the paused process is resumed when that retry has finished,
+  or, where the zombie holds a transaction open, as soon as the retry waits for the zombie's
+  lock: two attempts of one invocation race in the database. The cell passes only if the
+  zombie's attempt reached the database after it resumed (``chaos.attempts``). A zombie at a
+  point after which its attempt runs no SQL has nothing to race with: that point has its kill
+  cell only.
+* ``zombie-after-idle-timeout``: a zombie holding a transaction open is resumed only after
+  Postgres's idle-in-transaction timeout ended its session: its next statement must fail, and
+  it is that timeout, not the pattern, that keeps the retry and the zombie apart.
+* ``zombie-after-token-expiry``: the zombie resumes after the retry's idempotency token expired.
+* ``zombie-between-prepare-and-commit`` / ``zombie-between-commit-attempts``: the two ways a
+  zombie of ``twoPhaseCommit``'s prepare step can wake in the middle of a healthy retry.
+* ``outside-writer``: another handler writes the same user between ``updateConditional``'s read
+  and its write (the lost update ``keyed.py`` admits).
+* ``restate-restart`` / ``postgres-restart`` / ``terminate-connections``: operations are held at
+  a failpoint (``sleep``) while restate-server is SIGKILLed and started again, Postgres is shut
+  down immediately and started again, or the service's sessions are terminated.
+* ``invocation-killed``: the invocation is killed through Restate's admin API while held (then
+  one more call, for ``idempotency``, whose expiry must sweep the killed call's token).
+* ``kill-storm``: many operations on the exactly-once handlers, several per user, while every
+  failpoint of those handlers kills the process at random (a few percent of the hits).
+* ``mixed-storm`` (soak): the same with every kind of fault, at random.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from chaos.supervisor import FaultCounts
+from chaos.workload import (
+    CREDIT_HANDLERS,
+    EXACTLY_ONCE_HANDLERS,
+    IDEMPOTENCY_UPDATE,
+    KEYED_UPDATE,
+    KEYED_UPDATE_CONDITIONAL,
+    TWO_PHASE_COMMIT_UPDATE,
+    CreditHandler,
+)
+from dbpatterns import failpoints
+
+
+class Fault(enum.StrEnum):
+    KILL = "kill"
+    ZOMBIE = "zombie"
+    ZOMBIE_AFTER_IDLE_TIMEOUT = "zombie-after-idle-timeout"
+    ZOMBIE_AFTER_TOKEN_EXPIRY = "zombie-after-token-expiry"
+    ZOMBIE_BETWEEN_PREPARE_AND_COMMIT = "zombie-between-prepare-and-commit"
+    ZOMBIE_BETWEEN_COMMIT_ATTEMPTS = "zombie-between-commit-attempts"
+    OUTSIDE_WRITER = "outside-writer"
+    RESTATE_RESTART = "restate-restart"
+    POSTGRES_RESTART = "postgres-restart"
+    TERMINATE_CONNECTIONS = "terminate-connections"
+    INVOCATION_KILLED = "invocation-killed"
+    KILL_STORM = "kill-storm"
+    MIXED_STORM = "mixed-storm"
+
+    @property
+    def is_zombie(self) -> bool:
+        return self.startswith("zombie")
+
+
+class Expect(enum.StrEnum):
+    EXACTLY_ONCE = "exactly once"
+    DUPLICATE = "duplicate"
+    LOST_UPDATE = "lost update"
+    NOT_APPLIED = "not applied"  # the operation fails and leaves nothing behind
+    APPLIED_CALL_KILLED = "applied, call killed"  # committed, then the invocation was killed
+
+    @property
+    def is_control(self) -> bool:
+        """A negative control: the anomaly must show."""
+        return self in (Expect.DUPLICATE, Expect.LOST_UPDATE)
+
+
+IDEMPOTENCY_BEFORE_CLAIM = "idempotency.update.before-claim"
+IDEMPOTENCY_AFTER_STEP = "idempotency.update.after-step"
+TWO_PC_BEFORE_LEFTOVER_CHECK = "twoPhaseCommit.update.before-leftover-check"
+TWO_PC_BEFORE_COMMIT = "twoPhaseCommit.update.before-commit"
+TWO_PC_AFTER_COMMIT = "twoPhaseCommit.update.after-commit"
+CONDITIONAL_AFTER_READ = "keyed.updateConditional.after-read"
+
+#: Points after which the attempt runs no more SQL: a zombie paused there has nothing left to
+#: do in the database when it resumes, so the point gets a kill cell and no zombie cell.
+NO_SQL_AFTER = frozenset(
+    {
+        "keyed.update.after-commit",
+        "keyed.updateConditional.after-commit",
+        "idempotency.update.after-commit",
+        IDEMPOTENCY_AFTER_STEP,
+        "twoPhaseCommit.update.after-prepare",
+        TWO_PC_AFTER_COMMIT,
+    }
+)
+#: Points where the attempt holds a transaction open (and row locks): the retry waits for the
+#: zombie, so the zombie races it only if resumed while the retry waits, before Postgres's
+#: idle-in-transaction timeout ends the zombie's session. Both variants get a cell.
+OPEN_TRANSACTION = frozenset(
+    {"idempotency.update.before-commit", "twoPhaseCommit.update.before-prepare"}
+)
+
+#: Where operations are held (``sleep``) while restate-server or Postgres is restarted: a point
+#: inside the database transaction where the handler has one, else just before the write.
+HOLD_POINTS = {
+    KEYED_UPDATE.name: "keyed.update.before-write",
+    KEYED_UPDATE_CONDITIONAL.name: "keyed.updateConditional.before-write",
+    IDEMPOTENCY_UPDATE.name: "idempotency.update.before-commit",
+    # Prepared (and journaled) but not committed: the prepared transaction must outlive the
+    # fault (it survives a Postgres restart and the end of its session) and be committed after.
+    TWO_PHASE_COMMIT_UPDATE.name: TWO_PC_BEFORE_COMMIT,
+}
+HOLD_MS = 1500
+#: Stands in for the point of a handler that declares none (its cells then fail, saying so).
+NONE_DECLARED = "(no failpoint declared)"
+
+#: Why a kill at a point is harmless, where the catalogue's text speaks of another fault.
+KILL_WHY = {
+    IDEMPOTENCY_BEFORE_CLAIM: "nothing written yet: the retry claims the token and adds once",
+    TWO_PC_BEFORE_LEFTOVER_CHECK: "nothing prepared yet: the retry prepares and commits once",
+    IDEMPOTENCY_AFTER_STEP: "the transaction is journaled: the retry replays it and adds nothing",
+}
+#: What the zombie does in the database after it resumes, and why that adds nothing.
+ZOMBIE_WHY = {
+    "keyed.update.before-write": "the zombie's UPDATE runs after the retry's: both write",
+    CONDITIONAL_AFTER_READ: "the zombie's conditional UPDATE finds the version moved on: no-op",
+    "keyed.updateConditional.before-write": "the zombie's conditional UPDATE finds the version "
+    "moved on: no-op",
+    IDEMPOTENCY_BEFORE_CLAIM: "the zombie finds the retry's token and adds nothing",
+    "idempotency.update.before-commit": "the retry waits on the zombie's token row; the zombie "
+    "commits, the retry then finds the token and adds nothing",
+    "twoPhaseCommit.update.before-prepare": "the zombie prepares while the retry waits on its "
+    "row lock; the next attempt adopts that prepared transaction and commits it once",
+    TWO_PC_BEFORE_LEFTOVER_CHECK: "the zombie wakes after the invocation committed: it prepares "
+    "again under the gid, which the janitor rolls back (its invocation is completed)",
+    TWO_PC_BEFORE_COMMIT: "the zombie's COMMIT PREPARED finds the retry committed: done, once",
+}
+IDLE_TIMEOUT_WHY = (
+    "Postgres's idle-in-transaction timeout ended the zombie's transaction (it held the retry's "
+    "lock); its next statement after resuming fails: the timeout, not the pattern, saves it"
+)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One scenario of the table."""
+
+    handlers: tuple[CreditHandler, ...]
+    fault: Fault
+    point: str | None
+    expect: Expect
+    operations: int = 1
+    why: str = ""
+
+    @property
+    def handler(self) -> CreditHandler:
+        return self.handlers[0]
+
+    @property
+    def where(self) -> str:
+        """The point without its handler prefix (``after-commit``), or "-"."""
+        if self.point is None:
+            return "-"
+        return self.point.removeprefix(self.handler.name + ".")
+
+    @property
+    def id(self) -> str:
+        what = (
+            "+".join(h.name for h in self.handlers) if len(self.handlers) > 1 else self.handler.name
+        )
+        return f"{what}@{self.where}/{self.fault}"
+
+    @property
+    def races_a_lock(self) -> bool:
+        """A zombie cell whose zombie is resumed while the retry waits for its lock."""
+        return self.fault == Fault.ZOMBIE and self.point in OPEN_TRANSACTION
+
+    def injected(self, faults: FaultCounts) -> int:
+        """How many faults of this cell's own kind struck (a kill cell counts kills, ...)."""
+        f = faults
+        return {
+            Fault.KILL: f.service_killed,
+            Fault.ZOMBIE: min(f.service_paused, f.zombies_resumed),
+            Fault.ZOMBIE_AFTER_IDLE_TIMEOUT: min(f.service_paused, f.zombies_resumed),
+            Fault.ZOMBIE_AFTER_TOKEN_EXPIRY: min(f.service_paused, f.zombies_resumed),
+            Fault.ZOMBIE_BETWEEN_PREPARE_AND_COMMIT: min(f.service_paused, f.zombies_resumed),
+            Fault.ZOMBIE_BETWEEN_COMMIT_ATTEMPTS: min(
+                f.service_paused, f.zombies_resumed, f.service_killed
+            ),
+            Fault.OUTSIDE_WRITER: 1,  # the outside write is an operation: the ledger shows it
+            Fault.RESTATE_RESTART: f.restate_killed,
+            Fault.POSTGRES_RESTART: f.postgres_restarted,
+            Fault.TERMINATE_CONNECTIONS: f.terminate_events,
+            Fault.INVOCATION_KILLED: f.invocations_killed,
+            Fault.KILL_STORM: f.service_killed,
+            Fault.MIXED_STORM: f.events(),
+        }[self.fault]
+
+
+def points_of(handler: CreditHandler) -> list[str]:
+    """The handler's failpoints, in the order its code declares them."""
+    return [name for name in failpoints.CATALOGUE if name.startswith(handler.name + ".")]
+
+
+def _promise(point: str) -> str:
+    return failpoints.CATALOGUE.get(point, "").partition(" -- ")[2] or "its guarantee"
+
+
+def expectation(handler: CreditHandler, point: str, fault: Fault) -> tuple[Expect, str]:
+    """What the pattern promises at ``point`` under ``fault``, and why."""
+    if fault == Fault.ZOMBIE_AFTER_IDLE_TIMEOUT:
+        return Expect.EXACTLY_ONCE, IDLE_TIMEOUT_WHY
+    if handler.exactly_once:
+        if fault == Fault.KILL:
+            return Expect.EXACTLY_ONCE, KILL_WHY.get(point) or _promise(point)
+        return Expect.EXACTLY_ONCE, ZOMBIE_WHY.get(point, "the retry and the zombie both run")
+    where = point.removeprefix(handler.name + ".")
+    if fault == Fault.KILL and where == "after-commit":
+        return Expect.DUPLICATE, "committed, not journaled: the retry writes again"
+    if fault == Fault.KILL:
+        return Expect.EXACTLY_ONCE, "nothing committed before the crash: the retry writes once"
+    return Expect.DUPLICATE, ZOMBIE_WHY.get(point, "the retry and the zombie both write")
+
+
+def fault_cells(handlers: list[CreditHandler] | None = None) -> list[Cell]:
+    """Kill at every failpoint of every credit handler; a zombie where SQL follows the point."""
+    cells = []
+    for handler in handlers or CREDIT_HANDLERS:
+        # A handler that declares no failpoint yet still gets its cells: they fail, saying so.
+        for point in points_of(handler) or [f"{handler.name}.{NONE_DECLARED}"]:
+            faults = [Fault.KILL]
+            if point not in NO_SQL_AFTER:
+                faults.append(Fault.ZOMBIE)
+            if point in OPEN_TRANSACTION:
+                faults.append(Fault.ZOMBIE_AFTER_IDLE_TIMEOUT)
+            for fault in faults:
+                expect, why = expectation(handler, point, fault)
+                cells.append(Cell((handler,), fault, point, expect, why=why))
+    return cells
+
+
+def token_expiry_cell() -> Cell:
+    return Cell(
+        (IDEMPOTENCY_UPDATE,),
+        Fault.ZOMBIE_AFTER_TOKEN_EXPIRY,
+        IDEMPOTENCY_BEFORE_CLAIM,
+        Expect.DUPLICATE,
+        why="the token is gone when the zombie claims it: the window the TTL leaves open",
+    )
+
+
+def lost_update_cell() -> Cell:
+    return Cell(
+        (KEYED_UPDATE_CONDITIONAL, IDEMPOTENCY_UPDATE),
+        Fault.OUTSIDE_WRITER,
+        CONDITIONAL_AFTER_READ,
+        Expect.LOST_UPDATE,
+        operations=2,
+        why="idempotency.update writes the user between updateConditional's read and its "
+        "write: the write finds the version moved, counts it as its own, and is lost",
+    )
+
+
+def hold_point(handler: CreditHandler) -> str:
+    if handler.name in HOLD_POINTS:
+        return HOLD_POINTS[handler.name]
+    points = points_of(handler)
+    return points[0] if points else f"{handler.name}.{NONE_DECLARED}"
+
+
+def restart_cells(operations: int = 4) -> list[Cell]:
+    """Every credit handler across the faults of the other parts, held where nothing has
+    committed yet; plus ``keyed.update`` held after its commit while restate-server dies (the
+    same hole as a crash of the service there, from the other side)."""
+    cells = [
+        Cell(
+            (KEYED_UPDATE,),
+            Fault.RESTATE_RESTART,
+            "keyed.update.after-commit",
+            Expect.DUPLICATE,
+            1,
+            "restate-server dies before it records the committed step: the retry writes again",
+        )
+    ]
+    for fault in (Fault.RESTATE_RESTART, Fault.POSTGRES_RESTART, Fault.TERMINATE_CONNECTIONS):
+        for handler in CREDIT_HANDLERS:
+            why = "held before its commit: nothing committed when the fault strikes"
+            cells.append(
+                Cell((handler,), fault, hold_point(handler), Expect.EXACTLY_ONCE, operations, why)
+            )
+    return cells
+
+
+def janitor_cell() -> Cell:
+    return Cell(
+        (TWO_PHASE_COMMIT_UPDATE,),
+        Fault.INVOCATION_KILLED,
+        TWO_PC_BEFORE_COMMIT,
+        Expect.NOT_APPLIED,
+        why="killed through Restate while prepared: no handler code runs any more; the janitor "
+        "(`./lab janitor`) rolls the prepared transaction back",
+    )
+
+
+def token_expires_after_a_kill_cell() -> Cell:
+    return Cell(
+        (IDEMPOTENCY_UPDATE,),
+        Fault.INVOCATION_KILLED,
+        IDEMPOTENCY_AFTER_STEP,
+        Expect.APPLIED_CALL_KILLED,
+        why="killed through Restate after its transaction was journaled: the credits stay, "
+        "once; the kill takes the scheduled expiry with it, and the next call's expiry, which "
+        "deletes every token older than the TTL, removes the token all the same",
+    )
+
+
+def zombie_between_prepare_and_commit_cell() -> Cell:
+    return Cell(
+        (TWO_PHASE_COMMIT_UPDATE,),
+        Fault.ZOMBIE_BETWEEN_PREPARE_AND_COMMIT,
+        TWO_PC_BEFORE_LEFTOVER_CHECK,
+        Expect.EXACTLY_ONCE,
+        why="a zombie wakes after the retry journaled its PREPARE, before its COMMIT: it adopts "
+        "the retry's prepared transaction and rolls nothing back, so the call still succeeds",
+    )
+
+
+def stranger_commit_cell() -> Cell:
+    return Cell(
+        (TWO_PHASE_COMMIT_UPDATE,),
+        Fault.ZOMBIE_BETWEEN_COMMIT_ATTEMPTS,
+        TWO_PC_BEFORE_LEFTOVER_CHECK,
+        Expect.EXACTLY_ONCE,
+        why="a zombie prepares again under the gid after the retry's COMMIT PREPARED, whose "
+        "step was not journaled (killed); the next attempt's COMMIT PREPARED must not commit "
+        "the zombie's transaction",
+    )
+
+
+def kill_storm_cell(operations: int = 200) -> Cell:
+    return Cell(
+        tuple(EXACTLY_ONCE_HANDLERS),
+        Fault.KILL_STORM,
+        None,
+        Expect.EXACTLY_ONCE,
+        operations,
+        why="every failpoint of the exactly-once handlers kills at random, several ops per user",
+    )
+
+
+def mixed_storm_cell(operations: int) -> Cell:
+    return Cell(
+        tuple(EXACTLY_ONCE_HANDLERS),
+        Fault.MIXED_STORM,
+        None,
+        Expect.EXACTLY_ONCE,
+        operations,
+        why="kills, zombies, restate-server and Postgres restarts, terminated sessions",
+    )
+
+
+def quick_cells(storm_operations: int = 200) -> list[Cell]:
+    """Every cell once, then the random-kill storm."""
+    return [
+        *fault_cells(),
+        token_expiry_cell(),
+        lost_update_cell(),
+        *restart_cells(),
+        janitor_cell(),
+        token_expires_after_a_kill_cell(),
+        zombie_between_prepare_and_commit_cell(),
+        stranger_commit_cell(),
+        kill_storm_cell(storm_operations),
+    ]
