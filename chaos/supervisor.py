@@ -487,9 +487,11 @@ class ChaosStack:
 
     def _resume_zombie(self, zombie: Zombie, linger: float = 1.5) -> None:
         process = zombie.slot.service.process
+        # Noted before SIGCONT: a statement on a dead session fails within microseconds of the
+        # resume, and must not be counted as if it ran before it.
+        zombie.resumed_at = time.time()
         if process is not None:
             process.resume()
-        zombie.resumed_at = time.time()
         self.faults.zombies_resumed += 1
         self.resumed.append(zombie)
         self.zombies.remove(zombie)
