@@ -1,4 +1,4 @@
-"""``dbpatterns chaos``: run the chaos table against a stack of its own, print it, file it.
+"""``./lab chaos``: run the chaos table against a stack of its own, print it, file it.
 
 Profiles:
 
@@ -46,7 +46,7 @@ def parse_duration(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dbpatterns chaos",
+        prog="./lab chaos",
         description="Run the chaos table: faults at every failpoint, checked against the ledger.",
     )
     parser.add_argument("--profile", choices=["quick", "soak"], default="quick")
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"{cell.id}  (expect {cell.expect})")
             return 0
         if not cells:
-            say(f"no cell matches {args.cells}; `dbpatterns chaos --list` shows them")
+            say(f"no cell matches {args.cells}; `./lab chaos --list` shows them")
             return 2
     duration = args.duration if args.duration is not None else 600.0
     token_ttl = CHAOS_TOKEN_TTL if args.profile == "quick" else SOAK_TOKEN_TTL

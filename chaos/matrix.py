@@ -297,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not isinstance(report, dict) or not isinstance(report.get("cells"), list):
         print(
             f"{source} is not a chaos run report (no 'cells' list); "
-            "pass a JSON file written by `dbpatterns chaos`",
+            "pass a JSON file written by `./lab chaos`",
             file=sys.stderr,
         )
         return 2

@@ -33,7 +33,7 @@ dbpatterns lab is up (working folder {s.home})
   logs              {s.home / "logs"}
 
 Look at the data:
-  dbpatterns psql            (or: psql '{s.libpq_url}')
+  ./lab psql                 (or: psql '{s.libpq_url}')
   {LOOK_AT_THE_DATA}
 
 Call a handler through Restate:
@@ -43,9 +43,9 @@ Call a handler through Restate:
   curl {ingress}/twoPhaseCommit/update --json '{{"userId": "B", "addCredits": 3}}'
 
 Inspect invocations with the restate CLI:
-  dbpatterns restate invocations list
+  ./lab restate invocations list
 
-Ctrl-C stops every part; the data stays for the next `dbpatterns up` (`dbpatterns reset` wipes it).
+Ctrl-C stops every part; the data stays for the next `./lab up` (`./lab reset` wipes it).
 """
 
 
@@ -75,7 +75,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
                 if part is not None and not part.alive():
                     raise LabError(
                         f"{part.name} (pid {part.pid}) exited with {part.popen.returncode}",
-                        f"see {part.log_path}; `dbpatterns up` starts it again",
+                        f"see {part.log_path}; `./lab up` starts it again",
                     )
     finally:
         print("[dbpatterns] stopping: service, restate-server, postgres", flush=True)
@@ -119,7 +119,7 @@ def cmd_reset(settings: Settings, args: argparse.Namespace) -> int:
     if not args.yes:
         raise LabError(
             f"reset deletes {settings.home} (the database and Restate's journal)",
-            "run `dbpatterns reset --yes` to confirm",
+            "run `./lab reset --yes` to confirm",
         )
     shutil.rmtree(settings.home)
     print(f"removed {settings.home}")
@@ -150,7 +150,7 @@ def cmd_janitor(settings: Settings, args: argparse.Namespace) -> int:
         except (httpx.HTTPError, psycopg.OperationalError) as exc:
             raise LabError(
                 f"cannot sweep prepared transactions: {exc}",
-                "is the lab up (`dbpatterns status`)? The janitor needs Postgres and Restate's "
+                "is the lab up (`./lab status`)? The janitor needs Postgres and Restate's "
                 f"admin API ({settings.admin_url}); it rolls back nothing it cannot check",
             ) from exc
         for verdict in verdicts:
@@ -238,7 +238,7 @@ def parser() -> argparse.ArgumentParser:
     bn.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
     bn.add_argument("--workloads", help="comma-separated subset, e.g. baseline.noop,keyed.update")
     bn.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
-    sub.add_parser("chaos", help="the fault-injection suite (`dbpatterns chaos --help`)")
+    sub.add_parser("chaos", help="the fault-injection suite (`./lab chaos --help`)")
     kg = sub.add_parser("keygen", help="make (once) the request identity key pair")
     kg.add_argument(
         "dir", nargs="?", type=Path, help="folder for the keys (default: .lab/identity)"

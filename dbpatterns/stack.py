@@ -1,6 +1,6 @@
 """The embedded local stack: a real PostgreSQL, a real restate-server and the service, as processes.
 
-One implementation of "start Postgres / restate-server / the service" serves ``dbpatterns up``,
+One implementation of "start Postgres / restate-server / the service" serves ``./lab up``,
 the test fixtures and the chaos harness. Each part is a child process whose real PID we own (no
 wrapper scripts in between), so it can be stopped, killed or paused as a whole:
 
@@ -87,7 +87,7 @@ def require_free_ports(ports: Mapping[str, tuple[str, int]]) -> None:
         lines = ", ".join(f"{what} {host}:{port}" for what, host, port in busy)
         raise LabError(
             f"port already in use: {lines}",
-            "stop whatever listens there (is the lab already up? try `dbpatterns status`), "
+            "stop whatever listens there (is the lab already up? try `./lab status`), "
             "or choose other ports with DBPATTERNS_INGRESS_PORT, DBPATTERNS_ADMIN_PORT, "
             "DBPATTERNS_RESTATE_NODE_PORT, DBPATTERNS_SERVICE_PORT or the port in "
             "DBPATTERNS_DATABASE_URL",
@@ -406,7 +406,7 @@ class PostgresServer:
         if result.returncode != 0:
             raise LabError(
                 f"initdb failed for {self.data_dir}:\n{result.stdout}{result.stderr}",
-                "remove the folder (`dbpatterns reset`) and try again",
+                "remove the folder (`./lab reset`) and try again",
             )
         with open(self.data_dir / "postgresql.conf", "a") as conf:
             conf.write(
@@ -601,7 +601,7 @@ def register_deployment(admin_url: str, service_url: str, timeout: float = 30.0)
         time.sleep(0.3)
     raise LabError(
         f"registering {service_url} with {admin_url} failed: {last_error}",
-        "check the service log (.lab/logs/service.log) and `dbpatterns status`",
+        "check the service log (.lab/logs/service.log) and `./lab status`",
     )
 
 
@@ -708,7 +708,7 @@ class Stack:
         if lab_running(self.settings.home):
             raise LabError(
                 f"the lab in {self.settings.home} is already up",
-                "use it (`dbpatterns status`), or stop it with Ctrl-C in its terminal",
+                "use it (`./lab status`), or stop it with Ctrl-C in its terminal",
             )
         require_free_ports(self.ports())
 
