@@ -645,7 +645,16 @@ class ServiceProcess:
             env["DBPATTERNS_IDENTITY_PUBLIC_KEY"] = public_key
         env.update(self.extra_env)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        self.process = spawn("service", self.argv(), self.log_path, env=env, cwd=PROJECT_ROOT)
+        # Killed outright if the lab process dies without stopping it (terminal closed, kill -9):
+        # the SDK takes SIGTERM over once it serves, so a gentler signal would leave it serving.
+        self.process = spawn(
+            "service",
+            self.argv(),
+            self.log_path,
+            env=env,
+            cwd=PROJECT_ROOT,
+            death_signal=signal.SIGKILL,
+        )
         process = self.process
         if not wait_until(self.healthy, timeout, alive=process.alive):
             process.stop(signal.SIGINT)
@@ -705,10 +714,14 @@ class Stack:
         """Everything that can be checked before a process starts: binaries, ports."""
         _ = self.postgres.bin_dir
         find_restate_binary("restate-server", "restate-server", self.settings.restate_bin)
-        if lab_running(self.settings.home):
+        alive = parts_alive(self.settings.home)
+        if alive:
+            listed = ", ".join(f"{name} (pid {pid})" for name, pid in alive.items())
             raise LabError(
-                f"the lab in {self.settings.home} is already up",
-                "use it (`./lab status`), or stop it with Ctrl-C in its terminal",
+                f"the lab in {self.settings.home} is already up: {listed}",
+                "use it (`./lab status`), or stop it with Ctrl-C in its terminal; if no "
+                "`./lab up` runs in any terminal, stop what is left with "
+                f"`kill {' '.join(str(pid) for pid in alive.values())}`",
             )
         require_free_ports(self.ports())
 
@@ -775,10 +788,19 @@ class Stack:
 
 def lab_running(home: Path) -> bool:
     """Does an `up` of this working folder still run any of its parts?"""
+    return bool(parts_alive(home))
+
+
+def parts_alive(home: Path) -> dict[str, int]:
+    """The parts an `up` of this working folder started that still run: {name: pid}."""
     state = read_state(home)
     if state is None:
-        return False
-    return any(pid_alive(part["pid"]) for part in state["parts"].values() if part.get("pid"))
+        return {}
+    return {
+        name: int(part["pid"])
+        for name, part in state["parts"].items()
+        if part.get("pid") and pid_alive(int(part["pid"]))
+    }
 
 
 def read_state(home: Path) -> dict[str, Any] | None:

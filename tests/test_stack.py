@@ -205,6 +205,32 @@ def lab() -> Iterator[LabProcess]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP], ids=lambda s: s.name)
+def test_nothing_outlives_an_up_that_dies_without_cleaning_up_and_the_next_up_works(
+    lab: LabProcess, sig: signal.Signals
+) -> None:
+    """The terminal closed (SIGHUP) or ``up`` killed (SIGKILL): no part may keep running (the
+    service used to, ignoring the SIGTERM it got, because the SDK takes SIGTERM over), and the
+    next ``up`` starts without a word from the user."""
+    state = lab.up()
+    pids = {name: part["pid"] for name, part in state["parts"].items()}
+    assert all(pid_alive(pid) for pid in pids.values())
+    assert lab.proc is not None
+    lab.proc.send_signal(sig)
+    assert lab.proc.wait(30) != 0
+    deadline = time.monotonic() + 30
+    while any(pid_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert {name: pid for name, pid in pids.items() if pid_alive(pid)} == {}
+    assert processes_mentioning(str(lab.home)) == []
+
+    state = lab.up()
+    with Ingress(state["ingress_url"]) as ingress:
+        assert ingress.call("simple", "read", "B").status_code == 200
+    assert lab.interrupt() == 0
+
+
+@pytest.mark.slow
 def test_up_twice_reuses_data_and_ctrl_c_leaves_no_process_behind(lab: LabProcess) -> None:
     state = lab.up()
     pids = [part["pid"] for part in state["parts"].values()]
