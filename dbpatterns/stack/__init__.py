@@ -1,0 +1,90 @@
+"""The embedded local stack: a real PostgreSQL, a real restate-server and the service, as processes.
+
+One implementation of "start Postgres / restate-server / the service" serves ``./lab up``,
+the test fixtures and the chaos harness. Each part is a child process whose real PID we own (no
+wrapper scripts in between), so it can be stopped, killed or paused as a whole:
+
+* ``PostgresServer`` initialises (first run) or reuses a data directory, starts ``postgres`` on
+  the configured host and port with ``db/postgresql.conf`` included, and creates the database.
+  As root it runs the server as the ``postgres`` OS user, because ``initdb`` refuses root.
+* ``RestateServer`` runs the ``restate-server`` binary from the npm package with the lab's own
+  timeouts (``RestateTuning``), its data under the working folder.
+* ``ServiceProcess`` runs the service under hypercorn, one process, HTTP/2 cleartext.
+
+Every failure a user can act on (a missing binary, a busy port, a part that does not come up)
+is a ``LabError`` carrying what went wrong and what to do.
+
+One module per part: ``processes`` (child processes and the checks around them),
+``postgres``, ``restate``, ``service``, and ``lab`` (the three together). This package
+re-exports what the rest of the lab uses.
+"""
+
+from __future__ import annotations
+
+from dbpatterns.stack.lab import (
+    STATE_FILE_NAME,
+    Stack,
+    lab_running,
+    parts_alive,
+    probe,
+    read_state,
+    running_stack,
+)
+from dbpatterns.stack.postgres import (
+    PG_CONF,
+    PG_INCLUDE_NAME,
+    PostgresServer,
+    find_pg_bin_dir,
+)
+from dbpatterns.stack.processes import (
+    ChildProcess,
+    LabError,
+    RunAs,
+    free_port,
+    http_ok,
+    pid_alive,
+    port_is_free,
+    require_free_ports,
+    spawn,
+    tail,
+    wait_until,
+)
+from dbpatterns.stack.restate import (
+    RestateServer,
+    find_restate_binary,
+    register_deployment,
+)
+from dbpatterns.stack.service import (
+    ServiceProcess,
+    settings_env,
+)
+
+__all__ = [
+    "PG_CONF",
+    "PG_INCLUDE_NAME",
+    "STATE_FILE_NAME",
+    "ChildProcess",
+    "LabError",
+    "PostgresServer",
+    "RestateServer",
+    "RunAs",
+    "ServiceProcess",
+    "Stack",
+    "find_pg_bin_dir",
+    "find_restate_binary",
+    "free_port",
+    "http_ok",
+    "lab_running",
+    "parts_alive",
+    "pid_alive",
+    "port_is_free",
+    "probe",
+    "read_state",
+    "register_deployment",
+    "require_free_ports",
+    "running_stack",
+    "settings_env",
+    "spawn",
+    "tail",
+    "wait_until",
+]
