@@ -244,14 +244,17 @@ class Baseline:
 
     prepared_xids: frozenset[str] = frozenset()
     invocation_ids: frozenset[str] = frozenset()
+    scheduled: int = 0  # of those invocations, delayed calls waiting for their time
 
 
 def baseline(database_url: str, admin: Admin) -> Baseline:
     with psycopg.connect(database_url, autocommit=True) as conn:
         rows = conn.execute("SELECT transaction::text FROM pg_prepared_xacts").fetchall()
+    invocations = invocations_not_completed(admin)
     return Baseline(
         frozenset(str(xid) for (xid,) in rows),
-        frozenset(str(i["id"]) for i in _invocations_not_completed(admin)),
+        frozenset(str(i["id"]) for i in invocations),
+        sum(1 for i in invocations if i["status"] == SCHEDULED),
     )
 
 
@@ -271,7 +274,8 @@ def _database_leftovers(database_url: str, earlier: Baseline) -> tuple[list[str]
     return gids, int(idle[0]) if idle else 0
 
 
-def _invocations_not_completed(admin: Admin) -> list[dict[str, Any]]:
+def invocations_not_completed(admin: Admin) -> list[dict[str, Any]]:
+    """Restate's invocations that have not completed (scheduled ones included)."""
     return admin.query(
         "SELECT id, target, status, retry_count, last_failure FROM sys_invocation "
         "WHERE status != 'completed'"
@@ -292,7 +296,7 @@ def check_leftovers(
     while True:
         prepared, idle = _database_leftovers(database_url, earlier)
         everything = [
-            i for i in _invocations_not_completed(admin) if i["id"] not in earlier.invocation_ids
+            i for i in invocations_not_completed(admin) if i["id"] not in earlier.invocation_ids
         ]
         invocations = [i for i in everything if i["status"] != SCHEDULED]
         leftovers = Leftovers(

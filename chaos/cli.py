@@ -27,8 +27,9 @@ from pathlib import Path
 
 from chaos import report
 from chaos.cells import Cell, mixed_storm_cell, quick_cells
-from chaos.scenarios import CellResult, CellRunner, ZombieCut
+from chaos.scenarios import CellRunner, ZombieCut
 from chaos.supervisor import CHAOS_RESTATE_ENV, CHAOS_TOKEN_TTL, SOAK_TOKEN_TTL, ChaosStack
+from chaos.verdict import CellResult
 from chaos.workload import Operation, Workload
 from dbpatterns.config import PROJECT_ROOT
 from dbpatterns.stack import LabError

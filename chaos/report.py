@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from chaos import matrix
-from chaos.scenarios import CellResult
 from chaos.supervisor import FaultCounts
+from chaos.verdict import CellResult
 from dbpatterns import failpoints
 
 COLUMNS = [

@@ -483,7 +483,7 @@ class ChaosStack:
             self._resume_zombie(zombie, linger=0)
         time.sleep(linger)
         with self._lock:
-            self._retire(zombie.slot)
+            self._retire(zombie.slot, zombie.pid)
 
     def _resume_zombie(self, zombie: Zombie, linger: float = 1.5) -> None:
         process = zombie.slot.service.process
@@ -498,16 +498,19 @@ class ChaosStack:
         log.warning("%s resumed as a zombie (pid %s)", zombie.slot.name, zombie.slot.pid)
         if linger > 0:
             # Automatic mode (the watcher's thread): retire it later, off this thread.
-            timer = threading.Timer(linger, self._retire_locked, args=(zombie.slot,))
+            timer = threading.Timer(linger, self._retire_locked, args=(zombie.slot, zombie.pid))
             timer.daemon = True
             timer.start()
 
-    def _retire_locked(self, slot: ServiceSlot) -> None:
+    def _retire_locked(self, slot: ServiceSlot, pid: int | None) -> None:
         with self._lock:
-            self._retire(slot)
+            self._retire(slot, pid)
 
-    def _retire(self, slot: ServiceSlot) -> None:
-        if slot.state != "zombie":
+    def _retire(self, slot: ServiceSlot, pid: int | None) -> None:
+        """Kill the resumed zombie ``pid`` of ``slot`` and start the slot afresh. Nothing if the
+        slot runs another process by now: a zombie that died by itself after its resume (a
+        failpoint's kill) is replaced at once, and its successor may be paused in its turn."""
+        if slot.state != "zombie" or slot.pid != pid:
             return
         self._kill_slot(slot)
         slot.state = "dead"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from chaos.scenarios import CellResult
+from chaos.verdict import CellResult
 
 COUNTS = (
     "operations",

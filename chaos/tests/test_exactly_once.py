@@ -19,8 +19,9 @@ from chaos.cells import (
     token_expires_after_a_kill_cell,
     zombie_between_prepare_and_commit_cell,
 )
-from chaos.scenarios import CellResult, CellRunner
+from chaos.scenarios import CellRunner
 from chaos.tests import expect
+from chaos.verdict import CellResult
 from chaos.workload import (
     IDEMPOTENCY_UPDATE,
     KEYED_UPDATE_CONDITIONAL,
