@@ -34,11 +34,15 @@ from typing import Literal
 
 import httpx
 import psycopg
-from psycopg import sql
 
 from dbpatterns.client import Admin
 from dbpatterns.config import Settings
-from dbpatterns.patterns.two_phase_commit import GID_PREFIX, INVOCATION_ID, invocation_of
+from dbpatterns.patterns.two_phase_commit import (
+    GID_PREFIX,
+    INVOCATION_ID,
+    invocation_of,
+    rollback_prepared,
+)
 
 log = logging.getLogger("dbpatterns.janitor")
 
@@ -145,7 +149,7 @@ def sweep(settings: Settings, *, grace: timedelta = GRACE, dry_run: bool = False
 
 def _rollback_prepared(pg: psycopg.Connection[tuple[object, ...]], gid: str) -> bool:
     try:
-        pg.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+        pg.execute(rollback_prepared(gid))
     except psycopg.errors.UndefinedObject:  # finished meanwhile (by its invocation or a janitor)
         return False
     return True

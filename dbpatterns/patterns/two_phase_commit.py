@@ -213,10 +213,16 @@ async def _session() -> AsyncIterator[db.Connection]:
                     await pg.close()
 
 
+def rollback_prepared(gid: str) -> sql.Composed:
+    """``ROLLBACK PREPARED gid``, the one statement the handler's cleanup and the janitor both
+    run. Postgres takes no bind parameter there, so the gid is quoted as a literal."""
+    return sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid))
+
+
 async def _rollback_prepared(pg: psycopg.AsyncConnection[Any], gid: str) -> bool:
     """ROLLBACK PREPARED gid; False if there was no such prepared transaction (42704)."""
     try:
-        await pg.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
+        await pg.execute(rollback_prepared(gid))
     except psycopg.errors.UndefinedObject:
         return False
     return True
