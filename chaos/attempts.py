@@ -104,8 +104,12 @@ class ZombieSQL:
         return f"{self.reached} statement(s) reached the database after the resume{refused}"
 
 
-def zombie_sql(lines: Iterable[dict[str, Any]], pid: int | None, resumed_at: float) -> ZombieSQL:
-    after = [line for line in lines if line["pid"] == pid and line["t"] >= resumed_at]
+def zombie_sql(
+    lines: Iterable[dict[str, Any]], resumed: Iterable[tuple[int | None, float]]
+) -> ZombieSQL:
+    """What the zombies ``resumed`` (pid, resume time) ran after their resumes, together."""
+    since = dict(resumed)
+    after = [line for line in lines if line["pid"] in since and line["t"] >= since[line["pid"]]]
     refused = [line for line in after if not reached_database(line)]
     return ZombieSQL(
         reached=len(after) - len(refused),

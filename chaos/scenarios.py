@@ -46,7 +46,6 @@ from chaos.verdict import CellResult, judge
 from chaos.workload import (
     IDEMPOTENCY_UPDATE,
     KEYED_UPDATE_CONDITIONAL,
-    CreditHandler,
     Operation,
     Running,
     User,
@@ -163,7 +162,9 @@ class CellRunner:
         )
         zombies = stack.resumed[resumed_before:]
         if cell.fault.is_zombie or zombies:
-            result.zombie_sql = _zombies_sql(lines, zombies)
+            result.zombie_sql = attempts.zombie_sql(
+                lines, [(z.pid, z.resumed_at) for z in zombies if z.resumed_at is not None]
+            )
             result.notes.append(f"zombie: {result.zombie_sql}")
         judge(result)
         self._reread_earlier_cells(result)
@@ -218,11 +219,11 @@ class CellRunner:
         }
         return provoke[cell.fault](cell, trial)
 
-    def _users(self, cell: Cell, handler: CreditHandler | None = None) -> list[User]:
+    def _users(self, cell: Cell) -> list[User]:
         """One fresh user per operation, each with its one operation through the cell's handler."""
         users = create_users(self.stack.database_url, cell.operations)
         for user in users:
-            user.operation(handler or cell.handler)
+            user.operation(cell.handler)
         return users
 
     # --- kill ------------------------------------------------------------------------------------
@@ -344,16 +345,17 @@ class CellRunner:
 
         return seen[0][:200] if wait_until(gave_up, timeout, interval=0.2) else None
 
-    def _tokens_of_this_cell(self, trial: Trial) -> int:
+    def _tokens_of_this_cell(self, trial: Trial) -> set[str]:
+        """The idempotency tokens inserted since the cell started."""
         with psycopg.connect(self.stack.database_url, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM user_idempotency WHERE created_at >= to_timestamp(%s)",
+            rows = conn.execute(
+                "SELECT id FROM user_idempotency WHERE created_at >= to_timestamp(%s)",
                 (trial.started - 1,),
-            ).fetchone()
-        return int(row[0]) if row else 0
+            ).fetchall()
+        return {str(token) for (token,) in rows}
 
     def _wait_tokens_expired(self, trial: Trial, timeout: float) -> bool:
-        return wait_until(lambda: self._tokens_of_this_cell(trial) == 0, timeout, interval=0.2)
+        return wait_until(lambda: not self._tokens_of_this_cell(trial), timeout, interval=0.2)
 
     # --- the lost-update control ----------------------------------------------------------------
 
@@ -455,25 +457,14 @@ class CellRunner:
         stack = self.stack
         trial.counts["expiries_scheduled_before_the_kill"] = children_before
         trial.counts["expiries_killed_with_it"] = children_before - self._scheduled_children(killed)
-        with psycopg.connect(stack.database_url, autocommit=True) as conn:
-            tokens = [
-                str(t)
-                for (t,) in conn.execute(
-                    "SELECT id FROM user_idempotency WHERE created_at >= to_timestamp(%s)",
-                    (trial.started - 1,),
-                ).fetchall()
-            ]
+        tokens = self._tokens_of_this_cell(trial)
         trial.counts["tokens_of_killed_calls"] = len(tokens)
         (next_user,) = create_users(stack.database_url, 1)
         self.workload.run(next_user.operation(IDEMPOTENCY_UPDATE))
         ttl = stack.token_ttl.total_seconds()
 
         def left() -> int:
-            with psycopg.connect(stack.database_url, autocommit=True) as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM user_idempotency WHERE id = ANY(%s)", (tokens,)
-                ).fetchone()
-            return int(row[0]) if row else 0
+            return len(tokens & self._tokens_of_this_cell(trial))
 
         wait_until(lambda: left() == 0, ttl + 20, 0.2)
         trial.counts["tokens_left_after_the_next_expiry"] = left()
@@ -586,19 +577,6 @@ class CellRunner:
 
 def _ops(users: list[User]) -> list[Operation]:
     return [op for user in users for op in user.operations]
-
-
-def _zombies_sql(lines: list[dict[str, Any]], zombies: list[Zombie]) -> attempts.ZombieSQL:
-    reached = refused = 0
-    states: set[str] = set()
-    for zombie in zombies:
-        if zombie.resumed_at is None:
-            continue
-        sql = attempts.zombie_sql(lines, zombie.pid, zombie.resumed_at)
-        reached += sql.reached
-        refused += sql.refused
-        states.update(sql.sqlstates)
-    return attempts.ZombieSQL(reached, refused, tuple(sorted(states)))
 
 
 class _HarnessChaos:

@@ -214,11 +214,6 @@ class FaultCounts:
             **{k: getattr(self, k) - getattr(earlier, k) for k in self.__dataclass_fields__}
         )
 
-    def plus(self, other: FaultCounts) -> FaultCounts:
-        return FaultCounts(
-            **{k: getattr(self, k) + getattr(other, k) for k in self.__dataclass_fields__}
-        )
-
     @property
     def still_paused(self) -> int:
         return self.service_paused - self.zombies_resumed - self.paused_died

@@ -58,8 +58,8 @@ def create_pool(settings: Settings, *, name: str = APPLICATION_NAME) -> AsyncCon
                 f"-c lock_timeout={settings.lock_timeout_ms} "
                 f"-c idle_in_transaction_session_timeout={settings.idle_in_transaction_timeout_ms}"
             ),
-            **sqltrace.connect_kwargs(),
         },
+        connection_class=sqltrace.connection_class(),
     )
 
 
@@ -96,7 +96,7 @@ async def connection() -> AsyncIterator[Connection]:
 @asynccontextmanager
 async def transaction() -> AsyncIterator[Connection]:
     """A pooled connection inside BEGIN ... COMMIT; an exception out of the block rolls back."""
-    async with pool().connection() as conn, sqltrace.commit_of(conn), conn.transaction():
+    async with pool().connection() as conn, conn.transaction():
         yield conn
 
 

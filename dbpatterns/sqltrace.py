@@ -21,7 +21,7 @@ gone (terminated, timed out while idle in a transaction) answers with an error t
 SQLSTATE says so (25P03, 57P01, 08xxx). Lines are short and written with one ``O_APPEND`` write,
 so the two service processes of the chaos stack can share the file.
 
-With the setting off, nothing here runs: the pool uses psycopg's own cursor class.
+With the setting off, nothing here runs: the pool uses psycopg's own connection class.
 """
 
 from __future__ import annotations
@@ -128,23 +128,29 @@ def _statement_text(query: Any, cursor: psycopg.AsyncCursor[Any]) -> str:
         return _text(query)
 
 
-def connect_kwargs() -> dict[str, Any]:
-    """Extra ``psycopg.connect`` arguments of the service's pool: the traced cursor, if on."""
-    return {"cursor_factory": TracedCursor} if enabled() else {}
+class TracedConnection(psycopg.AsyncConnection[Any]):
+    """psycopg's connection with the traced cursor, tracing the COMMIT that ends each
+    ``transaction()`` block (or the COMMIT's error). The pool uses it only with the trace on."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cursor_factory = TracedCursor
 
-@asynccontextmanager
-async def commit_of(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
-    """Around ``conn.transaction()``: trace its COMMIT (or the COMMIT's error)."""
-    if not enabled():
-        yield
-        return
-    try:
-        yield
-    except psycopg.Error as exc:
-        if not getattr(exc, _TRACED, False):
-            record("COMMIT", exc)  # the statements inside were traced; this is the COMMIT's
-        raise
-    else:
-        if not conn.closed:
+    @asynccontextmanager
+    async def transaction(
+        self, savepoint_name: str | None = None, force_rollback: bool = False
+    ) -> AsyncIterator[psycopg.AsyncTransaction]:
+        try:
+            async with super().transaction(savepoint_name, force_rollback) as tx:
+                yield tx
+        except psycopg.Error as exc:
+            if not getattr(exc, _TRACED, False):
+                record("COMMIT", exc)  # the statements inside were traced; this is the COMMIT's
+            raise
+        if not self.closed:
             record("COMMIT")
+
+
+def connection_class() -> type[psycopg.AsyncConnection[Any]]:
+    """The class of the service pool's connections: psycopg's own, or the traced one."""
+    return TracedConnection if enabled() else psycopg.AsyncConnection

@@ -51,9 +51,9 @@ def test_only_the_zombies_statements_after_its_resume_count() -> None:
         line(9.0, 10, "zombie", ok=False, sqlstate="25P03"),
         line(9.1, 10, "zombie"),
     ]
-    sql = attempts.zombie_sql(lines, pid=10, resumed_at=8.0)
+    sql = attempts.zombie_sql(lines, [(10, 8.0)])
     assert (sql.reached, sql.refused, sql.sqlstates) == (1, 1, ("25P03",))
-    assert attempts.zombie_sql(lines, pid=10, resumed_at=10.0).reached == 0
+    assert attempts.zombie_sql(lines, [(10, 10.0)]).reached == 0
 
 
 def test_a_line_cut_by_a_killed_process_is_skipped(tmp_path: Path) -> None:
