@@ -14,14 +14,17 @@ a ``TerminalError``.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any, TypeVar
 
-import psycopg
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from restate import TerminalError
 from restate.serde import Serde
+
+# The lab's handlers classify database errors as the library does (re-exported).
+from dbpatterns.exactly_once.errors import (
+    TERMINAL_SQLSTATE_CLASSES as TERMINAL_SQLSTATE_CLASSES,
+)
+from dbpatterns.exactly_once.errors import database_errors as database_errors
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -118,27 +121,3 @@ def _describe(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in error["loc"]) or "body"
         parts.append(f"{where}: {error['msg']}")
     return "; ".join(parts)
-
-
-# --- database errors ---------------------------------------------------------------------------
-
-#: SQLSTATE classes that a retry cannot fix: the input is the problem. Every other database
-#: error (lost connection, serialization failure, lock timeout, pool timeout...) is raised as it
-#: is, and Restate retries the step.
-TERMINAL_SQLSTATE_CLASSES = {"22": 400, "23": 409}  # data exception, integrity violation
-
-
-@asynccontextmanager
-async def database_errors(what: str) -> AsyncIterator[None]:
-    """Turn errors no retry can fix into a TerminalError; let the others through for a retry."""
-    try:
-        yield
-    except psycopg.Error as exc:
-        state = exc.sqlstate
-        if state and state[:2] in TERMINAL_SQLSTATE_CLASSES:
-            detail = (str(exc).splitlines() or [state])[0]
-            raise TerminalError(
-                f"{what} was refused by the database ({state}): {detail}",
-                status_code=TERMINAL_SQLSTATE_CLASSES[state[:2]],
-            ) from None
-        raise

@@ -1,0 +1,78 @@
+"""The two tables the library writes, for Alembic (autogenerate or a hand-written migration)
+or as plain DDL.
+
+* The **token table** of ``idempotent_transaction``: one row per invocation that committed its
+  work, holding the work's result, written in the same transaction as the work. Rows expire
+  (``IdempotencyTokens``); ``created_at`` is indexed for that sweep.
+* The **prepared-results table** of ``prepared_transaction``: the work's result, written inside
+  the prepared transaction and so committed with it; ``COMMIT PREPARED``'s step reads it back.
+  Rows are swept by ``sweep_prepared_results`` once older than a retention you choose.
+
+Either table may have any name (several services may keep their own); pass the same name to
+the functions that use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Index, MetaData, Table, Text, func
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+TOKENS = "exactly_once_tokens"
+PREPARED_RESULTS = "exactly_once_prepared_results"
+
+
+def _token_columns() -> list[Column[Any]]:
+    return [
+        Column("id", Text, primary_key=True),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("result", postgresql.JSONB, nullable=True),
+    ]
+
+
+def _result_columns() -> list[Column[Any]]:
+    return [
+        Column("gid", Text, primary_key=True),
+        Column("result", postgresql.JSONB, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    ]
+
+
+def token_table(metadata: MetaData, name: str = TOKENS) -> Table:
+    """``(id text primary key, created_at timestamptz, result jsonb)``, indexed on created_at."""
+    return Table(name, metadata, *_token_columns(), Index(f"ix_{name}_created_at", "created_at"))
+
+
+def prepared_results_table(metadata: MetaData, name: str = PREPARED_RESULTS) -> Table:
+    """``(gid text primary key, result jsonb, created_at timestamptz)``, indexed on created_at."""
+    return Table(name, metadata, *_result_columns(), Index(f"ix_{name}_created_at", "created_at"))
+
+
+def _tables(tokens: str, results: str) -> list[Table]:
+    metadata = MetaData()
+    return [token_table(metadata, tokens), prepared_results_table(metadata, results)]
+
+
+def ddl(tokens: str = TOKENS, results: str = PREPARED_RESULTS) -> str:
+    """The CREATE TABLE and CREATE INDEX statements, for a schema not managed by Alembic."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    statements: list[str] = []
+    for table in _tables(tokens, results):
+        statements.append(str(CreateTable(table).compile(dialect=dialect)).strip())
+        statements += [str(CreateIndex(i).compile(dialect=dialect)) for i in table.indexes]
+    return ";\n\n".join(statements) + ";\n"
+
+
+def create_tables(op: Any, tokens: str = TOKENS, results: str = PREPARED_RESULTS) -> None:
+    """In an Alembic migration's ``upgrade()``: ``create_tables(op)``."""
+    for name, columns in ((tokens, _token_columns()), (results, _result_columns())):
+        op.create_table(name, *columns)
+        op.create_index(f"ix_{name}_created_at", name, ["created_at"])
+
+
+def drop_tables(op: Any, tokens: str = TOKENS, results: str = PREPARED_RESULTS) -> None:
+    """In an Alembic migration's ``downgrade()``."""
+    for name in (results, tokens):
+        op.drop_table(name)
