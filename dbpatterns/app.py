@@ -16,6 +16,7 @@ import restate
 
 from dbpatterns import db, failpoints, janitor
 from dbpatterns.config import get_settings
+from dbpatterns.examples import invoices
 from dbpatterns.patterns import SERVICES
 
 Scope = dict[str, Any]
@@ -43,7 +44,8 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
 
     On startup the failpoint settings are checked against the catalogue (every pattern module
     has declared its points by now): a typo refuses the start, naming the bad entry, instead of
-    failing every handler at its first hit. The connection pool opens on startup and closes on
+    failing every handler at its first hit. Only when a failpoint setting is given are the
+    library's fault points routed to them. The connection pool opens on startup and closes on
     shutdown, so no connection is left half-open behind a stopped service. In between, the
     prepared-transaction janitor runs in the background (``DBPATTERNS_JANITOR_INTERVAL``; see
     ``dbpatterns.janitor``).
@@ -58,7 +60,9 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
             try:
                 configure_logging()
                 failpoints.check_settings(get_settings())
+                failpoints.install_library_hook(get_settings())
                 await db.open_pool()  # reads and validates the settings: a bad one stops the start
+                invoices.use_pool(db.pool())  # the example service shares the lab's pool
             except Exception as exc:
                 log.error("the service refuses to start: %s", exc)
                 await send({"type": "lifespan.startup.failed", "message": repr(exc)})
@@ -75,6 +79,7 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
                 janitor_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await janitor_task
+            invoices.use_pool(None)
             await db.close_pool()
             await send({"type": "lifespan.shutdown.complete"})
             return

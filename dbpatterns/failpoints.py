@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dbpatterns.config import Settings, get_settings
+from dbpatterns.exactly_once import faults
 
 log = logging.getLogger("dbpatterns.failpoints")
 
@@ -63,6 +64,26 @@ def declare(name: str, where: str, tests: str) -> str:
         raise ValueError(f"failpoint {name!r} declared twice")
     CATALOGUE[name] = f"{where} -- {tests}"
     return name
+
+
+def declare_library_points(handler: str, points: dict[str, str]) -> None:
+    """Add the fault points of a ``dbpatterns.exactly_once`` pattern, as ``handler`` (for
+    example ``idempotency.update``) reaches them, to the catalogue."""
+    for point, tests in points.items():
+        declare(f"{handler}.{point}", handler, tests)
+
+
+def install_library_hook(settings: Settings | None = None) -> bool:
+    """Route the library's fault points through ``hit``, if any failpoint setting is given.
+
+    The library (``dbpatterns.exactly_once.faults``) has no fault points of its own making: a
+    service that never calls this, as a user's service does not, runs them as a single
+    ``is None`` test. Returns whether the hook is installed.
+    """
+    settings = settings or get_settings()
+    enabled = bool(settings.failpoints) or settings.failpoints_file is not None
+    faults.install(hit if enabled else None)
+    return enabled
 
 
 class FailpointError(Exception):

@@ -17,6 +17,10 @@ locks forever.
 
 When Restate cannot be asked (admin API down), nothing is rolled back: a doubt never rolls back.
 
+Each pass also deletes the rows of ``exactly_once_prepared_results`` older than the token TTL
+(``DBPATTERNS_IDEMPOTENCY_TOKEN_TTL``): a committed result is read back by its commit step at
+once, and kept that long only to turn away a zombie attempt that wakes after the commit.
+
 Assumption: one Restate cluster per database. An invocation of another cluster is unknown to
 this one, and its prepared transaction would be rolled back once older than the grace period.
 
@@ -37,11 +41,12 @@ import psycopg
 
 from dbpatterns.client import Admin
 from dbpatterns.config import Settings
-from dbpatterns.patterns.two_phase_commit import (
+from dbpatterns.exactly_once.prepared import (
     GID_PREFIX,
     INVOCATION_ID,
     invocation_of,
     rollback_prepared,
+    sweep_prepared_results,
 )
 
 log = logging.getLogger("dbpatterns.janitor")
@@ -110,6 +115,10 @@ def sweep(settings: Settings, *, grace: timedelta = GRACE, dry_run: bool = False
     with psycopg.connect(
         settings.libpq_url, autocommit=True, application_name=APPLICATION_NAME, connect_timeout=10
     ) as pg:
+        if not dry_run:
+            swept = pg.execute(sweep_prepared_results(), (settings.idempotency_token_ttl,))
+            if swept.rowcount:
+                log.info("janitor: %d prepared result(s) past the TTL deleted", swept.rowcount)
         prepared = pg.execute(
             "SELECT gid, now() - prepared FROM pg_prepared_xacts"
             " WHERE database = current_database() AND starts_with(gid, %s) ORDER BY prepared",

@@ -139,7 +139,7 @@ async def http_worker(spec: Spec, out: Outcome, deadline: float, rng: random.Ran
 async def direct_worker(
     pool: Any, spec: Spec, out: Outcome, deadline: float, rng: random.Random
 ) -> None:
-    from dbpatterns.patterns.keyed import ADD_CREDITS
+    from dbpatterns.patterns.users import ADD_CREDITS
 
     while time.perf_counter() < deadline:
         user = rng.choice(spec.users)

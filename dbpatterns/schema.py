@@ -11,6 +11,8 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    ForeignKey,
+    Identity,
     Index,
     MetaData,
     Table,
@@ -18,6 +20,8 @@ from sqlalchemy import (
     func,
     text,
 )
+
+from dbpatterns.exactly_once.schema import prepared_results_table, token_table
 
 metadata = MetaData()
 
@@ -32,10 +36,28 @@ users = Table(
     CheckConstraint("credits >= 0", name="users_credits_not_negative"),
 )
 
-user_idempotency = Table(
-    "user_idempotency",
+#: A token table of ``dbpatterns.exactly_once`` under the lab's own name.
+user_idempotency = token_table(metadata, "user_idempotency")
+exactly_once_tokens = token_table(metadata)
+exactly_once_prepared_results = prepared_results_table(metadata)
+
+# The example service's tables (``dbpatterns.examples.invoices``).
+invoices = Table(
+    "invoices",
     metadata,
-    Column("id", Text, primary_key=True),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    Index("ix_user_idempotency_created_at", "created_at"),
+    Column("invoice_id", Text, primary_key=True),
+    Column("amount_due", BigInteger, nullable=False),
+    Column("paid", BigInteger, nullable=False, server_default=text("0")),
+    Column("version", BigInteger, nullable=False, server_default=text("0")),
+    CheckConstraint("amount_due > 0", name="invoices_amount_due_positive"),
+    CheckConstraint("paid >= 0 AND paid <= amount_due", name="invoices_not_overpaid"),
+)
+invoice_payments = Table(
+    "invoice_payments",
+    metadata,
+    Column("payment_id", BigInteger, Identity(), primary_key=True),
+    Column("invoice_id", Text, ForeignKey("invoices.invoice_id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_invoice_payments_invoice_id", "invoice_id"),
 )

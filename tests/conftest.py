@@ -30,6 +30,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from dbpatterns import failpoints, identity, migrate
 from dbpatterns.client import Admin, Ingress
@@ -297,3 +298,16 @@ def _required_env(name: str) -> str:
     if not value:
         raise pytest.UsageError(f"--backend=external needs {name}")
     return value
+
+
+@pytest.fixture
+def scratch_database(database_url: str) -> Iterator[str]:
+    """An empty database of its own on the session's server."""
+    name = f"scratch_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    base = psycopg.conninfo.conninfo_to_dict(database_url)
+    url = f"postgresql://{base['user']}:{base['password']}@{base['host']}:{base['port']}/{name}"
+    yield url
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from hypercorn.config import Config as HypercornConfig
-from psycopg import sql
 from sqlalchemy import create_engine
 
 from dbpatterns import migrate
@@ -29,19 +27,6 @@ from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import Settings
 from dbpatterns.schema import metadata
 from dbpatterns.stack import LabError, ServiceProcess, Stack, find_pg_bin_dir, free_port, pid_alive
-
-
-@pytest.fixture
-def scratch_database(database_url: str) -> Iterator[str]:
-    """An empty database of its own on the session's server."""
-    name = f"scratch_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    base = psycopg.conninfo.conninfo_to_dict(database_url)
-    url = f"postgresql://{base['user']}:{base['password']}@{base['host']}:{base['port']}/{name}"
-    yield url
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def tables(url: str) -> set[str]:
@@ -54,7 +39,7 @@ def tables(url: str) -> set[str]:
 
 def test_migrations_upgrade_downgrade_and_upgrade_again_cleanly(scratch_database: str) -> None:
     migrate.upgrade(scratch_database)
-    assert tables(scratch_database) == {"users", "user_idempotency", "alembic_version"}
+    assert tables(scratch_database) == set(metadata.tables) | {"alembic_version"}
     migrate.downgrade(scratch_database)
     assert tables(scratch_database) == {"alembic_version"}
     migrate.migrate(scratch_database)
@@ -90,7 +75,15 @@ def test_service_is_registered_as_a_bidi_http2_deployment(
     assert ours[0]["protocol_type"] == "BidiStream"
     assert ours[0]["http_version"] == "HTTP/2.0"
     names = {s["name"] for s in ours[0]["services"]}
-    assert names == {"simple", "keyed", "idempotency", "twoPhaseCommit", "baseline"}
+    assert names == {
+        "simple",
+        "keyed",
+        "idempotency",
+        "twoPhaseCommit",
+        "baseline",
+        "invoices",
+        "invoice",
+    }
 
 
 def test_a_request_through_the_ingress_reaches_the_service_and_returns(ingress: Ingress) -> None:

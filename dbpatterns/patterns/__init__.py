@@ -1,4 +1,5 @@
-"""One module per Restate service, each opening with the guarantee it gives.
+"""One module per Restate service of the lab, each opening with the guarantee it gives; and
+the list of every service the lab's app serves, the example built on the library included.
 
 Conventions shared by the modules: a durable step's label says what it does ("read credits,
 version"), and its result type is named in ``RunOptions(type_hint=...)``, which picks the
@@ -9,10 +10,27 @@ from __future__ import annotations
 
 from typing import Any
 
+from dbpatterns import failpoints
+from dbpatterns.exactly_once import idempotent, prepared, versioned
+from dbpatterns.examples import invoices
 from dbpatterns.patterns.baseline import baseline
 from dbpatterns.patterns.idempotency import idempotency
 from dbpatterns.patterns.keyed import keyed
 from dbpatterns.patterns.simple import simple
 from dbpatterns.patterns.two_phase_commit import two_phase_commit
 
-SERVICES: list[Any] = [simple, keyed, idempotency, two_phase_commit, baseline]
+# The example service knows nothing of failpoints; the lab catalogues the library's points as
+# its handlers reach them, so the chaos suite can switch them on.
+failpoints.declare_library_points("invoices.pay", idempotent.POINTS)
+failpoints.declare_library_points("invoices.payTwoPhase", prepared.POINTS)
+failpoints.declare_library_points("invoice.pay", versioned.POINTS)
+
+SERVICES: list[Any] = [
+    simple,
+    keyed,
+    idempotency,
+    two_phase_commit,
+    baseline,
+    invoices.invoices,
+    invoices.invoice,
+]

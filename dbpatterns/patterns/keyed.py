@@ -37,8 +37,10 @@ import restate
 from pydantic import TypeAdapter, ValidationError
 
 from dbpatterns import boundary, db, failpoints
+from dbpatterns.exactly_once import versioned
+from dbpatterns.exactly_once.versioned import versioned_update
+from dbpatterns.patterns import users
 from dbpatterns.patterns.models import Balance, CreditsToAdd
-from dbpatterns.patterns.simple import read_balance, user_not_found
 
 log = logging.getLogger("dbpatterns.keyed")
 log.addFilter(restate.RestateLoggingFilter())  # silent while Restate replays the journal
@@ -55,27 +57,8 @@ UPDATE_AFTER_COMMIT = failpoints.declare(
     "keyed.update, after the UPDATE committed, before Restate records the step",
     "the known hole: the retry adds the credits a second time",
 )
-CONDITIONAL_AFTER_READ = failpoints.declare(
-    "keyed.updateConditional.after-read",
-    "keyed.updateConditional, after the (credits, version) read is journaled",
-    "the retry reuses the journaled read and still adds exactly once",
-)
-CONDITIONAL_BEFORE_WRITE = failpoints.declare(
-    "keyed.updateConditional.before-write",
-    "keyed.updateConditional, in the write step, before the conditional UPDATE",
-    "a crash before the write: the retry writes once",
-)
-CONDITIONAL_AFTER_COMMIT = failpoints.declare(
-    "keyed.updateConditional.after-commit",
-    "keyed.updateConditional, after the conditional UPDATE committed, before Restate records it",
-    "the retry's UPDATE matches no row (version moved on) and counts as done: exactly once",
-)
+failpoints.declare_library_points("keyed.updateConditional", versioned.POINTS)
 
-ADD_CREDITS = """
-    UPDATE users SET credits = credits + %(add)s, version = version + 1
-    WHERE userid = %(user_id)s
-    RETURNING credits, version
-"""
 WRITE_IF_VERSION_UNCHANGED = """
     UPDATE users SET credits = %(credits)s, version = %(version)s
     WHERE userid = %(user_id)s AND version = %(seen_version)s
@@ -111,14 +94,11 @@ async def update(ctx: restate.ObjectContext, payload: Any) -> Balance:
             boundary.database_errors(f"adding {add} credits to {user_id!r}"),
             db.connection() as conn,
         ):
-            row = await db.fetch_one(conn, ADD_CREDITS, {"add": add, "user_id": user_id})
-        if row is None:
-            raise user_not_found(user_id)
-        credits, version = row
+            balance = await users.add_credits(conn, user_id, add)
         # NOT DUPLICATE-SAFE: committed, but Restate has not recorded this step yet. If the
         # process dies here, the retry runs this step again and adds the credits a second time.
         await failpoints.hit(UPDATE_AFTER_COMMIT, invocation)
-        return Balance(credits=credits, version=version)
+        return balance
 
     balance = await ctx.run_typed("add credits", add_credits, restate.RunOptions(type_hint=Balance))
     log.info("update %r +%d -> %s (invocation %s)", user_id, add, balance, invocation)
@@ -130,53 +110,33 @@ async def update_conditional(ctx: restate.ObjectContext, payload: Any) -> Balanc
     """Add credits exactly once: a journaled read, then a write conditional on its version."""
     user_id = user_key(ctx)
     add = boundary.parse_value(CreditsToAdd, payload).value
-    invocation = ctx.request().id
 
-    async def read_credits_and_version() -> Balance:
-        return await read_balance(user_id)
-
-    seen = await ctx.run_typed(
-        "read credits, version", read_credits_and_version, restate.RunOptions(type_hint=Balance)
-    )
-    await failpoints.hit(CONDITIONAL_AFTER_READ, invocation)
-    target = Balance(credits=seen.credits + add, version=seen.version + 1)
-
-    async def write_if_unchanged() -> bool:
-        await failpoints.hit(CONDITIONAL_BEFORE_WRITE, invocation)
+    async def write_if_unchanged(conn: db.Connection, seen: Balance) -> bool:
         write = {
-            "credits": target.credits,
-            "version": target.version,
+            "credits": seen.credits + add,
+            "version": seen.version + 1,
             "user_id": user_id,
             "seen_version": seen.version,
         }
-        async with (
-            boundary.database_errors(f"adding {add} credits to {user_id!r}"),
-            db.connection() as conn,
-        ):
-            written = await db.fetch_one(conn, WRITE_IF_VERSION_UNCHANGED, write) is not None
-        # Committed but not yet recorded: a retry from here finds the version moved on and
-        # writes nothing, which is what makes this handler exactly-once.
-        await failpoints.hit(CONDITIONAL_AFTER_COMMIT, invocation)
-        if not written:
-            log.warning(
-                "updateConditional %r: version is no longer %d; an earlier attempt of this "
-                "invocation wrote it, counting it as done (invocation %s)",
-                user_id,
-                seen.version,
-                invocation,
-            )
-        return written
+        return await db.fetch_one(conn, WRITE_IF_VERSION_UNCHANGED, write) is not None
 
-    await ctx.run_typed(
-        "write credits if version unchanged",
-        write_if_unchanged,
-        restate.RunOptions(type_hint=bool),
+    done = await versioned_update(
+        ctx,
+        db.pool(),
+        read=lambda conn: users.fetch_balance(conn, user_id),
+        write=write_if_unchanged,
+        state_type=Balance,
+        read_step="read credits, version",
+        write_step="write credits if version unchanged",
     )
-    log.info("updateConditional %r +%d -> %s (invocation %s)", user_id, add, target, invocation)
+    target = Balance(credits=done.seen.credits + add, version=done.seen.version + 1)
+    log.info(
+        "updateConditional %r +%d -> %s (invocation %s)", user_id, add, target, ctx.request().id
+    )
     return target
 
 
 @keyed.handler(name="read", kind="shared")
 async def read(ctx: restate.ObjectSharedContext) -> Balance:
     """Credits and version now. Shared: not queued behind a running update of the same key."""
-    return await read_balance(user_key(ctx))
+    return await users.read_balance(user_key(ctx))

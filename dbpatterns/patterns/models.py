@@ -7,18 +7,10 @@ coercion (see ``boundary.Model``), so ``"5"`` or ``true`` is never read as a num
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import ConfigDict, StringConstraints
+from pydantic import ConfigDict
 from pydantic.alias_generators import to_camel
 
 from dbpatterns.boundary import CreditDelta, Credits, Model, Text, UserId
-
-#: An idempotency token as ``idempotency.update`` makes it: ``str(ctx.uuid())``.
-Token = Annotated[
-    str,
-    StringConstraints(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"),
-]
 
 
 class Request(Model):
@@ -60,12 +52,6 @@ class CreditsToAdd(Request):
     """A bare number of credits to add as the body: ``5``."""
 
     value: CreditDelta
-
-
-class IdempotencyToken(Request):
-    """A bare idempotency token as the body."""
-
-    value: Token
 
 
 class NewUser(Request):
@@ -121,16 +107,9 @@ class Updated(Response):
 
 class Applied(Response):
     """``applied``: whether this attempt added the credits (false: an earlier attempt of the
-    same invocation had); ``credits``: the balance after it; ``token``: the idempotency token
-    that records the update in ``user_idempotency`` until it expires."""
+    same invocation had); ``credits``: the balance the committed attempt left; ``token``: the
+    idempotency token that records the update in ``user_idempotency`` until it expires."""
 
     applied: bool
     credits: int
     token: str
-
-
-class Deleted(Response):
-    """``{"deleted": <this token was there>, "older": <tokens older than the TTL deleted>}``"""
-
-    deleted: bool
-    older: int

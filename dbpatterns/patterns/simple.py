@@ -39,6 +39,7 @@ from dbpatterns.patterns.models import (
     User,
     UserKey,
 )
+from dbpatterns.patterns.users import read_balance, user_not_found
 
 log = logging.getLogger("dbpatterns.simple")
 log.addFilter(restate.RestateLoggingFilter())  # silent while Restate replays the journal
@@ -58,7 +59,6 @@ UPDATE_AFTER_COMMIT = failpoints.declare(
 
 
 SELECT_USER = "SELECT userid, name, address, credits, version FROM users WHERE userid = %s"
-SELECT_BALANCE = "SELECT credits, version FROM users WHERE userid = %s"
 INSERT_USER = """
     INSERT INTO users (userid, name, address, credits) VALUES (%s, %s, %s, %s)
     ON CONFLICT (userid) DO NOTHING
@@ -70,26 +70,6 @@ RENAME_USER = """
     RETURNING userid
 """
 USER_EXISTS = "SELECT EXISTS (SELECT FROM users WHERE userid = %s)"
-
-
-def user_not_found(user_id: str) -> restate.TerminalError:
-    return restate.TerminalError(
-        f"user {user_id!r} not found; create it with simple/insert first", status_code=404
-    )
-
-
-async def read_balance(user_id: str) -> Balance:
-    """Credits and version of a user now, or the 404. A plain SELECT, journaled by the caller
-    if at all."""
-    async with (
-        boundary.database_errors(f"reading the credits of {user_id!r}"),
-        db.connection() as conn,
-    ):
-        row = await db.fetch_one(conn, SELECT_BALANCE, (user_id,))
-    if row is None:
-        raise user_not_found(user_id)
-    credits, version = row
-    return Balance(credits=credits, version=version)
 
 
 @simple.handler(name="read", input_serde=boundary.JSON_INPUT)

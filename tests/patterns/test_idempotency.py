@@ -15,7 +15,7 @@ import psycopg
 
 from dbpatterns import failpoints
 from dbpatterns.client import Admin, Ingress
-from dbpatterns.patterns.two_phase_commit import INVOCATION_ID
+from dbpatterns.exactly_once.prepared import INVOCATION_ID
 from tests.failpoint_checks import assert_fired
 from tests.patterns.test_two_phase_commit import credits_of, wait_for
 

@@ -22,7 +22,7 @@ from psycopg import sql
 from dbpatterns import failpoints, janitor
 from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import PROJECT_ROOT, Settings
-from dbpatterns.patterns.two_phase_commit import gid_for
+from dbpatterns.exactly_once.prepared import gid_for
 from dbpatterns.stack import free_port, settings_env
 from tests.failpoint_checks import assert_fired
 from tests.patterns.test_two_phase_commit import credits_of, prepared_gids, update, wait_for

@@ -22,11 +22,12 @@ import httpx
 import psycopg
 import pytest
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from dbpatterns import failpoints
 from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import Settings
-from dbpatterns.patterns.two_phase_commit import GID_PREFIX, gid_for, widen_xid
+from dbpatterns.exactly_once.prepared import GID_PREFIX, gid_for, widen_xid
 from dbpatterns.stack import RestateServer, ServiceProcess, free_port, register_deployment
 from tests.failpoint_checks import assert_fired
 
@@ -203,8 +204,9 @@ def test_a_zombie_that_wakes_after_the_retry_prepared_adopts_and_rolls_back_noth
     failpoints_file: Path,
 ) -> None:
     """While the attempt is held at before-leftover-check, the transaction a retry of the same
-    invocation would prepare is prepared under its gid (here by hand, noting its xid). The
-    attempt wakes, adopts it and commits exactly that one: the call succeeds, once."""
+    invocation would prepare (the credits, and the balance recorded as its result) is prepared
+    under its gid, here by hand, noting its xid. The attempt wakes, adopts it and commits
+    exactly that one: the call succeeds, once."""
     point = "twoPhaseCommit.update.before-leftover-check"
     user = new_user(credits=100)
     failpoint(point, "1*sleep(3000)")
@@ -222,6 +224,10 @@ def test_a_zombie_that_wakes_after_the_retry_prepared_adopts_and_rolls_back_noth
         ).fetchone()
         assert row is not None
         xid = int(row[0])
+        other_attempt.execute(
+            "INSERT INTO exactly_once_prepared_results (gid, result) VALUES (%s, %s)",
+            (gid_for(invocation), Jsonb({"credits": 105, "version": 1})),
+        )
         other_attempt.execute(
             sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid_for(invocation)))
         )
