@@ -15,14 +15,17 @@ model, a dataclass or a JSON value), journaled with its type. Each module opens 
 guarantee and the failure windows it closes. Tables: ``dbpatterns.exactly_once.schema``.
 """
 
+from dbpatterns.exactly_once._types import Connection, Pool
 from dbpatterns.exactly_once.errors import database_errors
 from dbpatterns.exactly_once.idempotent import IdempotencyTokens, Once, idempotent_transaction
 from dbpatterns.exactly_once.prepared import prepared_transaction
 from dbpatterns.exactly_once.versioned import Versioned, versioned_update
 
 __all__ = [
+    "Connection",
     "IdempotencyTokens",
     "Once",
+    "Pool",
     "Versioned",
     "database_errors",
     "idempotent_transaction",
