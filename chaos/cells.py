@@ -53,9 +53,13 @@ from chaos.supervisor import FaultCounts
 from chaos.workload import (
     CREDIT_HANDLERS,
     EXACTLY_ONCE_HANDLERS,
+    EXAMPLE_HANDLERS,
     IDEMPOTENCY_UPDATE,
+    INVOICE_PAY,
+    INVOICES_PAY,
     KEYED_UPDATE,
     KEYED_UPDATE_CONDITIONAL,
+    SAME_PATTERN_AS,
     TWO_PHASE_COMMIT_UPDATE,
     CreditHandler,
 )
@@ -121,6 +125,17 @@ OPEN_TRANSACTION = frozenset(
     {"idempotency.update.before-commit", "twoPhaseCommit.update.before-prepare"}
 )
 
+
+def lab_point(point: str) -> str:
+    """For a point of the example service, the point of the lab handler built on the same
+    library pattern (``invoices.pay.after-commit`` -> ``idempotency.update.after-commit``): the
+    tables below speak of the lab's points, and hold for both."""
+    for name, lab in SAME_PATTERN_AS.items():
+        if point.startswith(name + "."):
+            return lab.name + point.removeprefix(name)
+    return point
+
+
 #: Where operations are held (``sleep``) while restate-server or Postgres is restarted: a point
 #: inside the database transaction where the handler has one, else just before the write.
 HOLD_POINTS = {
@@ -152,8 +167,8 @@ ZOMBIE_WHY = {
     "commits, the retry then finds the token and adds nothing",
     "twoPhaseCommit.update.before-prepare": "the zombie prepares while the retry waits on its "
     "row lock; the next attempt adopts that prepared transaction and commits it once",
-    TWO_PC_BEFORE_LEFTOVER_CHECK: "the zombie wakes after the invocation committed: it prepares "
-    "again under the gid, which the janitor rolls back (its invocation is completed)",
+    TWO_PC_BEFORE_LEFTOVER_CHECK: "the zombie wakes after the invocation committed: its result row "
+    "collides with the committed one, so it rolls back and prepares nothing",
     TWO_PC_BEFORE_COMMIT: "the zombie's COMMIT PREPARED finds the retry committed: done, once",
 }
 IDLE_TIMEOUT_WHY = (
@@ -194,7 +209,11 @@ class Cell:
     @property
     def races_a_lock(self) -> bool:
         """A zombie cell whose zombie is resumed while the retry waits for its lock."""
-        return self.fault == Fault.ZOMBIE and self.point in OPEN_TRANSACTION
+        return (
+            self.fault == Fault.ZOMBIE
+            and self.point is not None
+            and lab_point(self.point) in OPEN_TRANSACTION
+        )
 
     def injected(self, faults: FaultCounts) -> int:
         """How many faults of this cell's own kind struck (a kill cell counts kills, ...)."""
@@ -229,6 +248,7 @@ def _promise(point: str) -> str:
 
 def expectation(handler: CreditHandler, point: str, fault: Fault) -> tuple[Expect, str]:
     """What the pattern promises at ``point`` under ``fault``, and why."""
+    point = lab_point(point)
     if fault == Fault.ZOMBIE_AFTER_IDLE_TIMEOUT:
         return Expect.EXACTLY_ONCE, IDLE_TIMEOUT_WHY
     if handler.exactly_once:
@@ -250,9 +270,9 @@ def fault_cells(handlers: list[CreditHandler] | None = None) -> list[Cell]:
         # A handler that declares no failpoint yet still gets its cells: they fail, saying so.
         for point in points_of(handler) or [f"{handler.name}.{NONE_DECLARED}"]:
             faults = [Fault.KILL]
-            if point not in NO_SQL_AFTER:
+            if lab_point(point) not in NO_SQL_AFTER:
                 faults.append(Fault.ZOMBIE)
-            if point in OPEN_TRANSACTION:
+            if lab_point(point) in OPEN_TRANSACTION:
                 faults.append(Fault.ZOMBIE_AFTER_IDLE_TIMEOUT)
             for fault in faults:
                 expect, why = expectation(handler, point, fault)
@@ -283,33 +303,62 @@ def lost_update_cell() -> Cell:
 
 
 def hold_point(handler: CreditHandler) -> str:
+    lab = SAME_PATTERN_AS.get(handler.name)
+    if lab is not None:
+        return handler.name + HOLD_POINTS[lab.name].removeprefix(lab.name)
     if handler.name in HOLD_POINTS:
         return HOLD_POINTS[handler.name]
     points = points_of(handler)
     return points[0] if points else f"{handler.name}.{NONE_DECLARED}"
 
 
-def restart_cells(operations: int = 4) -> list[Cell]:
-    """Every credit handler across the faults of the other parts, held where nothing has
-    committed yet; plus ``keyed.update`` held after its commit while restate-server dies (the
-    same hole as a crash of the service there, from the other side)."""
-    cells = [
-        Cell(
-            (KEYED_UPDATE,),
-            Fault.RESTATE_RESTART,
-            "keyed.update.after-commit",
-            Expect.DUPLICATE,
-            1,
-            "restate-server dies before it records the committed step: the retry writes again",
+def restart_cells(operations: int = 4, handlers: list[CreditHandler] | None = None) -> list[Cell]:
+    """Every credit handler (or ``handlers``) across the faults of the other parts, held where
+    nothing has committed yet; plus, for the lab's handlers, ``keyed.update`` held after its
+    commit while restate-server dies (the same hole as a crash of the service there, from the
+    other side)."""
+    cells = []
+    if handlers is None:
+        cells.append(
+            Cell(
+                (KEYED_UPDATE,),
+                Fault.RESTATE_RESTART,
+                "keyed.update.after-commit",
+                Expect.DUPLICATE,
+                1,
+                "restate-server dies before it records the committed step: the retry writes again",
+            )
         )
-    ]
     for fault in (Fault.RESTATE_RESTART, Fault.POSTGRES_RESTART, Fault.TERMINATE_CONNECTIONS):
-        for handler in CREDIT_HANDLERS:
+        for handler in handlers or CREDIT_HANDLERS:
             why = "held before its commit: nothing committed when the fault strikes"
             cells.append(
                 Cell((handler,), fault, hold_point(handler), Expect.EXACTLY_ONCE, operations, why)
             )
     return cells
+
+
+def example_lost_update_cell() -> Cell:
+    return Cell(
+        (INVOICE_PAY, INVOICES_PAY),
+        Fault.OUTSIDE_WRITER,
+        f"{INVOICE_PAY.name}.after-read",
+        Expect.LOST_UPDATE,
+        operations=2,
+        why="invoices.pay records a payment between invoice.pay's read and its write: the "
+        "versioned write finds the version moved, counts it as its own, and is lost",
+    )
+
+
+def example_cells() -> list[Cell]:
+    """The library proven on a service of its own (``dbpatterns.examples.invoices``): every
+    exactly-once cell of its handlers, judged by its own ledger (``invoices`` and the payment
+    log written in the same transaction), and the versioned update's lost-update control."""
+    return [
+        *fault_cells(EXAMPLE_HANDLERS),
+        *restart_cells(handlers=EXAMPLE_HANDLERS),
+        example_lost_update_cell(),
+    ]
 
 
 def janitor_cell() -> Cell:
@@ -352,9 +401,10 @@ def stranger_commit_cell() -> Cell:
         Fault.ZOMBIE_BETWEEN_COMMIT_ATTEMPTS,
         TWO_PC_BEFORE_LEFTOVER_CHECK,
         Expect.EXACTLY_ONCE,
-        why="a zombie prepares again under the gid after the retry's COMMIT PREPARED, whose "
-        "step was not journaled (killed); the next attempt's COMMIT PREPARED must not commit "
-        "the zombie's transaction",
+        why="a zombie wakes after the retry's COMMIT PREPARED, whose step was not journaled "
+        "(killed): its result row collides with the committed one, so it prepares nothing, and "
+        "the next attempt finds the transaction committed (were the row swept, the commit step "
+        "would still commit only the xid it journaled)",
     )
 
 
@@ -391,5 +441,6 @@ def quick_cells(storm_operations: int = 200) -> list[Cell]:
         token_expires_after_a_kill_cell(),
         zombie_between_prepare_and_commit_cell(),
         stranger_commit_cell(),
+        *example_cells(),
         kill_storm_cell(storm_operations),
     ]

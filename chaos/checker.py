@@ -35,8 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from chaos.workload import BASE, Operation, Outcome, User
+from chaos.workload import Ledger as LedgerTable
 from dbpatterns.client import Admin
 from dbpatterns.db import APPLICATION_NAME
 
@@ -47,10 +49,12 @@ APPLIED_THOUGH_FAILED = "applied though failed"
 
 @dataclass(frozen=True)
 class Reading:
-    """One user's row at one moment."""
+    """One user's row at one moment; for a ledger that logs its writes, the log's row count and
+    sum of amounts for that row (``logged``)."""
 
     credits: int
     version: int
+    logged: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,13 @@ def decode(user: User, reading: Reading) -> Decoded:
             f"{writes} credit write(s) but the balance reads as {sum(counts)} application(s): "
             "an operation applied 4+ times, or a write that overwrote another",
         )
+    if reading.logged is not None and reading.logged != (writes, gain):
+        rows, total = reading.logged
+        return Decoded(
+            counts,
+            f"the write log holds {rows} row(s) adding {total}, but the row says {writes} "
+            f"write(s) adding {gain}: a write and its log entry did not commit together",
+        )
     return Decoded(counts)
 
 
@@ -200,12 +211,44 @@ def _describe(user: User) -> str:
 
 
 def read_balances(database_url: str, users: Iterable[User]) -> dict[str, Reading]:
-    ids = [u.user_id for u in users]
+    """Every user's row now (and its write log, where its ledger keeps one)."""
+    by_ledger: dict[LedgerTable, list[str]] = {}
+    for user in users:
+        by_ledger.setdefault(user.ledger, []).append(user.user_id)
+    readings: dict[str, Reading] = {}
     with psycopg.connect(database_url, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT userid, credits, version FROM users WHERE userid = ANY(%s)", (ids,)
-        ).fetchall()
-    return {userid: Reading(int(credits), int(version)) for userid, credits, version in rows}
+        for ledger, ids in by_ledger.items():
+            readings.update(_read(conn, ledger, ids))
+    return readings
+
+
+def _read(conn: psycopg.Connection[Any], ledger: LedgerTable, ids: list[str]) -> dict[str, Reading]:
+    rows = conn.execute(
+        sql.SQL("SELECT {key}, {amount}, {version} FROM {table} WHERE {key} = ANY(%s)").format(
+            key=sql.Identifier(ledger.key),
+            amount=sql.Identifier(ledger.amount),
+            version=sql.Identifier(ledger.version),
+            table=sql.Identifier(ledger.table),
+        ),
+        (ids,),
+    ).fetchall()
+    logged: dict[str, tuple[int, int]] = {}
+    if ledger.log is not None:
+        table, key, amount = (sql.Identifier(n) for n in ledger.log)
+        logged = {
+            k: (int(n), int(total))
+            for k, n, total in conn.execute(
+                sql.SQL(
+                    "SELECT {key}, count(*), sum({amount}) FROM {table} "
+                    "WHERE {key} = ANY(%s) GROUP BY {key}"
+                ).format(key=key, amount=amount, table=table),
+                (ids,),
+            ).fetchall()
+        }
+    return {
+        k: Reading(int(a), int(v), logged.get(k, (0, 0)) if ledger.log is not None else None)
+        for k, a, v in rows
+    }
 
 
 def check_ledger(database_url: str, users: Iterable[User]) -> Ledger:

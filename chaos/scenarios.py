@@ -45,7 +45,6 @@ from chaos.supervisor import CHAOS_IDLE_IN_TRANSACTION_MS, ChaosStack, FaultCoun
 from chaos.verdict import CellResult, judge
 from chaos.workload import (
     IDEMPOTENCY_UPDATE,
-    KEYED_UPDATE_CONDITIONAL,
     Operation,
     Running,
     User,
@@ -221,7 +220,7 @@ class CellRunner:
 
     def _users(self, cell: Cell) -> list[User]:
         """One fresh user per operation, each with its one operation through the cell's handler."""
-        users = create_users(self.stack.database_url, cell.operations)
+        users = create_users(self.stack.database_url, cell.operations, ledger=cell.handler.ledger)
         for user in users:
             user.operation(cell.handler)
         return users
@@ -360,13 +359,15 @@ class CellRunner:
     # --- the lost-update control ----------------------------------------------------------------
 
     def _outside_writer(self, cell: Cell, trial: Trial) -> list[User]:
-        """``updateConditional`` is held after its journaled read while ``idempotency.update``
-        adds to the same user: the conditional write then finds the version moved."""
+        """The cell's first handler (a versioned update) is held after its journaled read while
+        its second adds to the same row from outside the object: the held write then finds the
+        version moved."""
         assert cell.point is not None
         stack = self.stack
-        (user,) = create_users(stack.database_url, 1)
-        held = user.operation(KEYED_UPDATE_CONDITIONAL)
-        outside = user.operation(IDEMPOTENCY_UPDATE)
+        versioned, outsider = cell.handlers
+        (user,) = create_users(stack.database_url, 1, ledger=versioned.ledger)
+        held = user.operation(versioned)
+        outside = user.operation(outsider)
         stack.failpoints.set({cell.point: f"1*sleep({HOLD_MS * 2})"})
         running = self.workload.start([held])
         if not wait_until(lambda: stack.failpoints.remaining(cell.point or "") == 0, 20, 0.02):
@@ -376,7 +377,7 @@ class CellRunner:
             trial.problems.append("the outside write landed after the held write: no window")
         else:
             trial.counts["outside_writes_inside_the_window"] = 1
-            trial.notes.append("the outside write committed while updateConditional was held")
+            trial.notes.append(f"the outside write committed while {versioned.name} was held")
         running.wait()
         return [user]
 

@@ -13,6 +13,7 @@ deadline, and the checker reports that as a failure of the run.
 from __future__ import annotations
 
 import enum
+import json
 import threading
 import time
 import uuid
@@ -31,25 +32,64 @@ AMBIGUOUS_STATUS = {502, 503, 504}
 
 
 @dataclass(frozen=True)
+class Ledger:
+    """The table a handler adds to: one row per user of a cell, with the running total
+    (``amount``) and its count of writes (``version``); and, where the handler logs each write
+    in the same transaction, that log (``log``: table, key column, amount column)."""
+
+    table: str
+    key: str
+    amount: str
+    version: str = "version"
+    log: tuple[str, str, str] | None = None
+
+    def create(self, conn: psycopg.Connection[Any], keys: list[str], initial: int) -> None:
+        with conn.cursor() as cur:
+            if self.table == "users":
+                cur.executemany(
+                    "INSERT INTO users (userid, name, address, credits) VALUES (%s, %s, %s, %s)",
+                    [(k, "Chaos User", "1 Fault Line", initial) for k in keys],
+                )
+            else:  # an invoice, due far more than any cell pays
+                cur.executemany(
+                    "INSERT INTO invoices (invoice_id, amount_due, paid) VALUES (%s, %s, %s)",
+                    [(k, 10**12, initial) for k in keys],
+                )
+
+
+#: The lab's services add credits to ``users``.
+USERS = Ledger("users", "userid", "credits")
+#: The example built on the library (``dbpatterns.examples.invoices``) adds payments to
+#: ``invoices.paid`` and logs each one in ``invoice_payments``.
+INVOICES = Ledger(
+    "invoices", "invoice_id", "paid", log=("invoice_payments", "invoice_id", "amount")
+)
+
+
+@dataclass(frozen=True)
 class CreditHandler:
-    """A handler that adds credits, and how to call it. ``name`` prefixes its failpoints."""
+    """A handler that adds an amount to a row, and how to call it. ``name`` prefixes its
+    failpoints."""
 
     name: str
     service: str
     handler: str
-    keyed: bool  # a virtual object keyed by user id, with the bare delta as body
+    keyed: bool  # a virtual object keyed by the row's id, with the bare amount as body
     exactly_once: bool  # what the pattern promises under crashes and zombies
+    ledger: Ledger = USERS
+    #: The body's two fields: the row's id and the amount to add.
+    fields: tuple[str, str] = ("userId", "addCredits")
 
     def request(self, user_id: str, delta: int) -> tuple[str | None, Any]:
-        """(object key, body) of a call adding ``delta`` credits to ``user_id``."""
+        """(object key, body) of a call adding ``delta`` to ``user_id``'s row."""
         if self.keyed:
             return user_id, delta
-        return None, {"userId": user_id, "addCredits": delta}
+        return None, {self.fields[0]: user_id, self.fields[1]: delta}
 
     def curl(self, user_id: str, delta: int, ingress: str = "http://localhost:8080") -> str:
         key, body = self.request(user_id, delta)
         path = Ingress.path(self.service, self.handler, key)
-        data = str(body) if self.keyed else f'{{"userId": "{user_id}", "addCredits": {delta}}}'
+        data = json.dumps(body)
         return (
             f"curl -s {ingress}{path} -H 'content-type: application/json' "
             f"-H 'idempotency-key: chaos-1' -d '{data}'"
@@ -66,6 +106,29 @@ IDEMPOTENCY_UPDATE = CreditHandler(
 TWO_PHASE_COMMIT_UPDATE = CreditHandler(
     "twoPhaseCommit.update", "twoPhaseCommit", "update", keyed=False, exactly_once=True
 )
+# The example service's handlers, one per library pattern.
+INVOICES_PAY = CreditHandler(
+    "invoices.pay", "invoices", "pay", False, True, INVOICES, ("invoiceId", "amount")
+)
+INVOICES_PAY_TWO_PHASE = CreditHandler(
+    "invoices.payTwoPhase",
+    "invoices",
+    "payTwoPhase",
+    False,
+    True,
+    INVOICES,
+    ("invoiceId", "amount"),
+)
+INVOICE_PAY = CreditHandler("invoice.pay", "invoice", "pay", True, True, INVOICES)
+EXAMPLE_HANDLERS = [INVOICES_PAY, INVOICES_PAY_TWO_PHASE, INVOICE_PAY]
+#: The lab handler built on the same library pattern as each example handler: the same fault
+#: points, the same expectation at each.
+SAME_PATTERN_AS = {
+    INVOICES_PAY.name: IDEMPOTENCY_UPDATE,
+    INVOICES_PAY_TWO_PHASE.name: TWO_PHASE_COMMIT_UPDATE,
+    INVOICE_PAY.name: KEYED_UPDATE_CONDITIONAL,
+}
+
 CREDIT_HANDLERS = [
     KEYED_UPDATE,
     KEYED_UPDATE_CONDITIONAL,
@@ -115,9 +178,14 @@ class User:
     initial_credits: int
     initial_version: int = 0
     operations: list[Operation] = field(default_factory=list)
+    ledger: Ledger = USERS
 
     def operation(self, handler: CreditHandler) -> Operation:
         """A new operation on this user through ``handler``, adding the next power of 4."""
+        if handler.ledger is not self.ledger:
+            raise ValueError(
+                f"{handler.name} writes {handler.ledger.table}, not {self.ledger.table}"
+            )
         digit = len(self.operations)
         if digit >= MAX_OPS_PER_USER:
             raise ValueError(
@@ -129,14 +197,17 @@ class User:
         return op
 
 
-def create_users(database_url: str, count: int, *, initial_credits: int = 1000) -> list[User]:
-    """Fresh users of their own for one scenario, inserted directly into the database."""
-    users = [User(f"chaos-{uuid.uuid4().hex[:12]}", initial_credits) for _ in range(count)]
-    with psycopg.connect(database_url, autocommit=True) as conn, conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO users (userid, name, address, credits) VALUES (%s, %s, %s, %s)",
-            [(u.user_id, "Chaos User", "1 Fault Line", u.initial_credits) for u in users],
-        )
+def create_users(
+    database_url: str, count: int, *, initial_credits: int = 1000, ledger: Ledger = USERS
+) -> list[User]:
+    """Fresh rows of their own for one scenario (users, or invoices), inserted directly."""
+    prefix = "chaos" if ledger is USERS else "chaos-inv"
+    users = [
+        User(f"{prefix}-{uuid.uuid4().hex[:12]}", initial_credits, ledger=ledger)
+        for _ in range(count)
+    ]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        ledger.create(conn, [u.user_id for u in users], initial_credits)
     return users
 
 

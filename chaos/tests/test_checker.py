@@ -18,6 +18,8 @@ from chaos.checker import (
 )
 from chaos.workload import (
     IDEMPOTENCY_UPDATE,
+    INVOICES,
+    INVOICES_PAY,
     KEYED_UPDATE_CONDITIONAL,
     MAX_OPS_PER_USER,
     Outcome,
@@ -125,3 +127,34 @@ def test_each_user_holds_at_most_ten_operations_within_the_handlers_limit() -> N
     assert max(op.delta for op in ops) <= 1_000_000
     with pytest.raises(ValueError, match="at most"):
         user.operation(KEYED_UPDATE_CONDITIONAL)
+
+
+def invoice_with(n: int) -> User:
+    invoice = User("inv1", INITIAL, ledger=INVOICES)
+    for i in range(n):
+        op = invoice.operation(INVOICES_PAY)
+        op.outcome = ACK
+        op.invocation_id = f"inv_{i}"
+    return invoice
+
+
+def test_a_payment_log_that_agrees_with_the_row_is_exact() -> None:
+    invoice = invoice_with(2)  # paid 1 + 4, two writes, two log rows adding 5
+    ledger = judge_ledger([invoice], {"inv1": Reading(INITIAL + 5, 2, logged=(2, 5))})
+    assert ledger.anomalies == []
+    assert ledger.mismatched_users == []
+
+
+@pytest.mark.parametrize("logged", [(1, 1), (3, 9), (2, 8)], ids=["missing", "extra", "amount"])
+def test_a_write_whose_log_entry_did_not_commit_with_it_makes_the_row_inconsistent(
+    logged: tuple[int, int],
+) -> None:
+    invoice = invoice_with(2)
+    ledger = judge_ledger([invoice], {"inv1": Reading(INITIAL + 5, 2, logged=logged)})
+    assert ledger.inconsistent_users == 1
+    assert "the write log holds" in ledger.mismatched_users[0]
+
+
+def test_an_operation_must_write_the_ledger_of_its_row() -> None:
+    with pytest.raises(ValueError, match="writes invoices, not users"):
+        User("u1", INITIAL).operation(INVOICES_PAY)
