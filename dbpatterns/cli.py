@@ -13,11 +13,37 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
+
+from pydantic import ValidationError
 
 from dbpatterns.config import Settings, get_settings
-from dbpatterns.stack import LabError, Stack, find_restate_binary, lab_running, probe
+from dbpatterns.stack import (
+    LabError,
+    RestateCluster,
+    Stack,
+    find_restate_binary,
+    lab_running,
+    probe,
+)
 
 LOOK_AT_THE_DATA = "SELECT * FROM users;  SELECT * FROM user_idempotency;"
+
+
+def restate_lines(stack: Stack) -> str:
+    """Where restate-server listens: one server, or every node of the cluster."""
+    s = stack.settings
+    if stack.cluster is None:
+        return f"  restate ingress   {s.ingress_url}\n  restate admin     {s.admin_url}"
+    nodes = stack.cluster.nodes
+    return "\n".join(
+        f"  restate {n.name:<9} ingress {n.address.ingress_url}  admin {n.address.admin_url}"
+        f"  ({n.role})"
+        for n in nodes
+    ) + (
+        "\n  (the service is registered through n1; every node's ingress takes calls;"
+        "\n  `./lab status` tells which node leads which partition)"
+    )
 
 
 def banner(stack: Stack) -> str:
@@ -26,8 +52,7 @@ def banner(stack: Stack) -> str:
     return f"""
 dbpatterns lab is up (working folder {s.home})
 
-  restate ingress   {ingress}
-  restate admin     {s.admin_url}
+{restate_lines(stack)}
   service (h2c)     {s.service_url}
   postgres          {s.libpq_url}
   logs              {s.home / "logs"}
@@ -49,8 +74,21 @@ Ctrl-C stops every part; the data stays for the next `./lab up` (`./lab reset` w
 """
 
 
+def with_nodes(settings: Settings, nodes: int | None) -> Settings:
+    """The settings with ``up --nodes`` applied, checked like the environment variable."""
+    if nodes is None:
+        return settings
+    try:
+        return Settings.model_validate({**settings.model_dump(), "restate_nodes": nodes})
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+        raise LabError(f"--nodes {nodes}: {reason}", "use --nodes 3 (a cluster) or 1") from None
+
+
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    settings = with_nodes(settings, args.nodes)
     stack = Stack(settings)
+    dead_nodes: set[int] = set()
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -71,7 +109,12 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
                 )
                 stack.service.start()
                 stack.write_state()
-            for part in (stack.postgres.process, stack.restate.process):
+            essential = [stack.postgres.process]
+            if isinstance(stack.restate, RestateCluster):
+                report_dead_nodes(stack.restate, dead_nodes)  # the cluster goes on without one
+            else:
+                essential.append(stack.restate.process)
+            for part in essential:
                 if part is not None and not part.alive():
                     raise LabError(
                         f"{part.name} (pid {part.pid}) exited with {part.popen.returncode}",
@@ -82,6 +125,22 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         stack.stop()
         print("[dbpatterns] stopped; data kept in", settings.home, flush=True)
     return 0
+
+
+def report_dead_nodes(cluster: RestateCluster, reported: set[int]) -> None:
+    """Say once that a cluster node died; the lab goes on, as the cluster does (one node may
+    fail), so a node can be killed on purpose to watch the others take over."""
+    for node in cluster.nodes:
+        process = node.process
+        if process is None or process.alive() or process.pid in reported:
+            continue
+        reported.add(process.pid)
+        print(
+            f"[dbpatterns] restate {node.name} (pid {process.pid}) exited with "
+            f"{process.popen.returncode}; the other nodes go on (`./lab status` shows who leads "
+            f"now; see {node.log_path})",
+            flush=True,
+        )
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
@@ -96,7 +155,34 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  {name:<15} {health:<8} pid {pid!s:<8} {part['address']}")
         print(f"  database url    {state['database_url']}")
         print(f"  ingress url     {state['ingress_url']}")
+        if "cluster" in state:
+            print(cluster_lines(state["cluster"]))
     return 0 if state["up"] else 1
+
+
+def cluster_lines(cluster: dict[str, Any]) -> str:
+    """Each node of a cluster status (``ClusterStatus.as_dict``) on a line: its role, health,
+    metadata membership and the partitions it leads."""
+
+    def leads(node: dict[str, Any]) -> str:
+        if node["leads"] is None:
+            return "leads ?"
+        return "leads " + (", ".join(map(str, node["leads"])) or "none")
+
+    def member(node: dict[str, Any]) -> str:
+        return {True: "metadata member", False: "not a metadata member"}.get(
+            node["metadata_member"], "metadata ?"
+        )
+
+    name, source = cluster["cluster_name"], cluster["leaders_source"]
+    lines = [f"  restate cluster {name!r}: partition leaders from {source}"]
+    for node in cluster["nodes"]:
+        health = "healthy" if node["healthy"] else "down"
+        lines.append(
+            f"    {node['name']:<4} {health:<8} {member(node):<22} {leads(node):<16} "
+            f"ingress {node['ingress_url']}  ({node['role']})"
+        )
+    return "\n".join(lines)
 
 
 def cmd_psql(settings: Settings, args: argparse.Namespace) -> int:
@@ -212,7 +298,16 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dbpatterns", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start postgres, restate-server and the service; Ctrl-C stops them")
+    up = sub.add_parser(
+        "up", help="start postgres, restate-server and the service; Ctrl-C stops them"
+    )
+    up.add_argument(
+        "--nodes",
+        type=int,
+        metavar="N",
+        help="run a Restate cluster of N restate-server nodes (3: one may fail) instead of one "
+        "server (default: DBPATTERNS_RESTATE_NODES, 1)",
+    )
     st = sub.add_parser("status", help="is each part of the lab up; exit 0 only if all are")
     st.add_argument("--json", action="store_true", help="machine-readable: URLs, PIDs, health")
     ps = sub.add_parser("psql", help="open psql on the lab database")

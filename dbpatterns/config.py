@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,6 +50,19 @@ class RestateTuning:
         }
 
 
+class RestatePorts(NamedTuple):
+    """The three ports of one restate-server: node-to-node, admin API, ingress."""
+
+    node: int
+    admin: int
+    ingress: int
+
+
+#: Cluster node ``i`` listens on ``restate_cluster_port_base + 1000 * i`` plus these offsets,
+#: which end like restate-server's own defaults (5122, 9070, 8080): n1 on 21122, 21070, 21080.
+CLUSTER_PORT_OFFSETS = RestatePorts(node=122, admin=70, ingress=80)
+
+
 class Settings(BaseSettings):
     """The lab's configuration. Field ``foo`` is read from ``DBPATTERNS_FOO``."""
 
@@ -67,6 +81,20 @@ class Settings(BaseSettings):
     admin_port: int = 9070
     restate_node_port: int = Field(default=5122, description="restate-server's node fabric.")
     service_port: int = 9080
+    restate_nodes: int = Field(
+        default=1,
+        ge=1,
+        le=9,
+        description="restate-server processes: 1 is one server on the ports above; more form a "
+        "cluster (`./lab up --nodes 3`) on ports derived from restate_cluster_port_base.",
+    )
+    restate_cluster_port_base: int = Field(
+        default=20000,
+        ge=1024,
+        le=55000,
+        description="Cluster node i listens on base + 1000 * i + 122 (node), + 70 (admin), "
+        "+ 80 (ingress); unused by a single server.",
+    )
     pool_size: int = Field(default=10, ge=1, le=500)
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
     lock_timeout_ms: int = Field(
@@ -160,13 +188,27 @@ class Settings(BaseSettings):
         """The database URL as psql and psycopg take it."""
         return self.db_url.set(drivername="postgresql").render_as_string(hide_password=False)
 
+    def restate_ports(self, node: int = 1) -> RestatePorts:
+        """The ports of restate-server: the single server's, or cluster node ``node``'s
+        (1-based; see ``CLUSTER_PORT_OFFSETS``)."""
+        if self.restate_nodes == 1:
+            return RestatePorts(self.restate_node_port, self.admin_port, self.ingress_port)
+        if not 1 <= node <= self.restate_nodes:
+            raise ValueError(f"node {node} is not one of the {self.restate_nodes} cluster nodes")
+        first = self.restate_cluster_port_base + 1000 * node
+        return RestatePorts(*(first + offset for offset in CLUSTER_PORT_OFFSETS))
+
     @property
     def ingress_url(self) -> str:
-        return self.restate_ingress_url or f"http://{self.bind_host}:{self.ingress_port}"
+        """The ingress calls go to (in a cluster: node 1's; every node's takes calls)."""
+        port = self.restate_ports().ingress
+        return self.restate_ingress_url or f"http://{self.bind_host}:{port}"
 
     @property
     def admin_url(self) -> str:
-        return self.restate_admin_url or f"http://{self.bind_host}:{self.admin_port}"
+        """The admin API (in a cluster: node 1's, through which the service is registered)."""
+        port = self.restate_ports().admin
+        return self.restate_admin_url or f"http://{self.bind_host}:{port}"
 
     @property
     def service_url(self) -> str:

@@ -9,18 +9,27 @@ wrapper scripts in between), so it can be stopped, killed or paused as a whole:
   As root it runs the server as the ``postgres`` OS user, because ``initdb`` refuses root.
 * ``RestateServer`` runs the ``restate-server`` binary from the npm package with the lab's own
   timeouts (``RestateTuning``), its data under the working folder.
+* ``RestateCluster`` runs several of them as one Restate cluster instead (``./lab up --nodes 3``):
+  replicated metadata and log, any one node may fail, each node's ingress takes calls.
 * ``ServiceProcess`` runs the service under hypercorn, one process, HTTP/2 cleartext.
 
 Every failure a user can act on (a missing binary, a busy port, a part that does not come up)
 is a ``LabError`` carrying what went wrong and what to do.
 
 One module per part: ``processes`` (child processes and the checks around them),
-``postgres``, ``restate``, ``service``, and ``lab`` (the three together). This package
+``postgres``, ``restate``, ``cluster``, ``service``, and ``lab`` (the parts together). This package
 re-exports what the rest of the lab uses.
 """
 
 from __future__ import annotations
 
+from dbpatterns.stack.cluster import (
+    ClusterNode,
+    ClusterStatus,
+    NodeEvent,
+    Partition,
+    RestateCluster,
+)
 from dbpatterns.stack.lab import (
     STATE_FILE_NAME,
     Stack,
@@ -43,6 +52,7 @@ from dbpatterns.stack.processes import (
     free_port,
     http_ok,
     pid_alive,
+    pid_stopped,
     port_is_free,
     require_free_ports,
     spawn,
@@ -64,8 +74,13 @@ __all__ = [
     "PG_INCLUDE_NAME",
     "STATE_FILE_NAME",
     "ChildProcess",
+    "ClusterNode",
+    "ClusterStatus",
     "LabError",
+    "NodeEvent",
+    "Partition",
     "PostgresServer",
+    "RestateCluster",
     "RestateServer",
     "RunAs",
     "ServiceProcess",
@@ -77,6 +92,7 @@ __all__ = [
     "lab_running",
     "parts_alive",
     "pid_alive",
+    "pid_stopped",
     "port_is_free",
     "probe",
     "read_state",

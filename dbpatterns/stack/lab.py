@@ -1,5 +1,6 @@
-"""The lab as a whole: Postgres, restate-server and the service of one working folder, started
-in order and stopped newest first, with a state file that ``./lab status`` reads."""
+"""The lab as a whole: Postgres, restate-server (one, or a cluster of ``restate_nodes``) and the
+service of one working folder, started in order and stopped newest first, with a state file that
+``./lab status`` reads."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 from dbpatterns import migrate
 from dbpatterns.config import Settings
+from dbpatterns.stack.cluster import ClusterStatus, RestateCluster
 from dbpatterns.stack.postgres import (
     PostgresServer,
     pg_up,
@@ -41,27 +43,43 @@ class Stack:
 
     settings: Settings
     postgres: PostgresServer = field(init=False)
-    restate: RestateServer = field(init=False)
+    restate: RestateServer | RestateCluster = field(init=False)
     service: ServiceProcess = field(init=False)
     created_database: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         home = self.settings.home
         self.postgres = PostgresServer(self.settings, home / "postgres")
-        self.restate = RestateServer(self.settings, home / "restate")
+        self.restate = (
+            RestateCluster(self.settings)
+            if self.settings.restate_nodes > 1
+            else RestateServer(self.settings, home / "restate")
+        )
         self.service = ServiceProcess(self.settings, home / "logs" / "service.log")
 
     @property
     def state_file(self) -> Path:
         return self.settings.home / STATE_FILE_NAME
 
+    @property
+    def cluster(self) -> RestateCluster | None:
+        """The Restate cluster, when the lab runs one instead of a single restate-server."""
+        return self.restate if isinstance(self.restate, RestateCluster) else None
+
     def ports(self) -> dict[str, tuple[str, int]]:
         s = self.settings
+        restate = (
+            self.cluster.ports()
+            if self.cluster
+            else {
+                "restate ingress": (s.bind_host, s.ingress_port),
+                "restate admin": (s.bind_host, s.admin_port),
+                "restate node": (s.bind_host, s.restate_node_port),
+            }
+        )
         return {
             "postgres": (s.bind_host, self.postgres.port),
-            "restate ingress": (s.bind_host, s.ingress_port),
-            "restate admin": (s.bind_host, s.admin_port),
-            "restate node": (s.bind_host, s.restate_node_port),
+            **restate,
             "service": (s.bind_host, s.service_port),
         }
 
@@ -69,6 +87,8 @@ class Stack:
         """Everything that can be checked before a process starts: binaries, ports."""
         _ = self.postgres.bin_dir
         find_restate_binary("restate-server", "restate-server", self.settings.restate_bin)
+        if self.cluster:
+            find_restate_binary("restatectl", "restatectl")
         alive = parts_alive(self.settings.home)
         if alive:
             listed = ", ".join(f"{name} (pid {pid})" for name, pid in alive.items())
@@ -96,7 +116,12 @@ class Stack:
             self.postgres.start()
             say("postgres: migrating (alembic upgrade head) and seeding")
             migrate.migrate(self.settings.libpq_url)
-            say("restate-server: starting")
+            say(
+                f"restate: starting a cluster of {len(self.cluster.nodes)} nodes "
+                "(ready once every partition has a leader, about 10 s)"
+                if self.cluster
+                else "restate-server: starting"
+            )
             self.restate.start()
             say("service: starting")
             self.service.start()
@@ -115,13 +140,29 @@ class Stack:
         self.state_file.unlink(missing_ok=True)
 
     def children(self) -> list[ChildProcess]:
-        parts = (self.postgres.process, self.restate.process, self.service.process)
+        restate = (
+            self.restate.processes()
+            if isinstance(self.restate, RestateCluster)
+            else [self.restate.process]
+        )
+        parts = (self.postgres.process, *restate, self.service.process)
         return [p for p in parts if p is not None]
 
     def describe(self) -> dict[str, Any]:
         s = self.settings
         pids = {c.name: c.pid for c in self.children()}
-        return {
+        restate = (
+            {
+                f"restate-{node.name}": {
+                    "address": node.address.admin_url,
+                    "pid": pids.get(f"restate-{node.name}"),
+                }
+                for node in self.cluster.nodes
+            }
+            if self.cluster
+            else {"restate-server": {"address": s.admin_url, "pid": pids.get("restate-server")}}
+        )
+        state: dict[str, Any] = {
             "home": str(s.home),
             "database_url": s.libpq_url,
             "ingress_url": s.ingress_url,
@@ -132,10 +173,14 @@ class Stack:
                     "address": f"{s.bind_host}:{self.postgres.port}",
                     "pid": pids.get("postgres"),
                 },
-                "restate-server": {"address": s.admin_url, "pid": pids.get("restate-server")},
+                **restate,
                 "service": {"address": s.service_url, "pid": pids.get("service")},
             },
         }
+        if self.cluster:
+            state["restate_nodes"] = s.restate_nodes
+            state["restate_cluster_port_base"] = s.restate_cluster_port_base
+        return state
 
     def write_state(self) -> None:
         self.state_file.write_text(json.dumps(self.describe(), indent=2))
@@ -167,20 +212,41 @@ def read_state(home: Path) -> dict[str, Any] | None:
 
 
 def probe(settings: Settings) -> dict[str, Any]:
-    """Is each part up? From the state file of a running ``up`` plus live checks."""
+    """Is each part up? From the state file of a running ``up`` plus live checks; for a cluster,
+    each node's status and which node leads which partition (``state["cluster"]``)."""
     state = read_state(settings.home) or Stack(settings).describe()
     checks: dict[str, Callable[[], bool]] = {
         "postgres": lambda: pg_up(settings.libpq_url),
         "restate-server": lambda: http_ok(f"{settings.admin_url}/health"),
         "service": lambda: http_ok(f"{settings.service_url}/health"),
     }
+    known: dict[str, bool] = {}
+    if "restate_nodes" in state:
+        status = cluster_status(settings, state)
+        state["cluster"] = status.as_dict()
+        known = {f"restate-{node.name}": node.healthy for node in status.nodes}
     for name, part in state["parts"].items():
         pid = part.get("pid")
         part["running"] = bool(pid and pid_alive(pid))
-        part["healthy"] = checks[name]()
+        part["healthy"] = known[name] if name in known else checks[name]()
     # Up means: our `up` runs these parts (state file, live PIDs) and each answers its check.
     state["up"] = all(p["healthy"] and p["running"] for p in state["parts"].values())
     return state
+
+
+def cluster_status(settings: Settings, state: dict[str, Any]) -> ClusterStatus:
+    """The status of the cluster a state file describes, whatever this process's settings say
+    about the number of nodes and their ports."""
+    cluster = RestateCluster(
+        settings.model_copy(
+            update={
+                "restate_nodes": state["restate_nodes"],
+                "restate_cluster_port_base": state["restate_cluster_port_base"],
+            }
+        )
+    )
+    parts = state["parts"]
+    return cluster.status({n.name: parts[f"restate-{n.name}"]["pid"] for n in cluster.nodes})
 
 
 @contextlib.contextmanager

@@ -62,8 +62,8 @@ def require_free_ports(ports: Mapping[str, tuple[str, int]]) -> None:
             f"port already in use: {lines}",
             "stop whatever listens there (is the lab already up? try `./lab status`), "
             "or choose other ports with DBPATTERNS_INGRESS_PORT, DBPATTERNS_ADMIN_PORT, "
-            "DBPATTERNS_RESTATE_NODE_PORT, DBPATTERNS_SERVICE_PORT or the port in "
-            "DBPATTERNS_DATABASE_URL",
+            "DBPATTERNS_RESTATE_NODE_PORT, DBPATTERNS_RESTATE_CLUSTER_PORT_BASE (a cluster's), "
+            "DBPATTERNS_SERVICE_PORT or the port in DBPATTERNS_DATABASE_URL",
         )
 
 
@@ -88,6 +88,16 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(") ", 1)[1][:1] != "Z"
     except OSError:
         return True
+
+
+def pid_stopped(pid: int) -> bool:
+    """Is the process stopped (SIGSTOP) now? A signal is delivered after ``kill`` returns, so a
+    caller that must know the stop took effect asks this."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][:1] == "T"
+    except OSError:
+        return False
 
 
 def _die_with_parent(sig: int) -> Callable[[], None] | None:

@@ -57,6 +57,40 @@ def find_restate_binary(package: str, binary: str, configured: Path | None = Non
     )
 
 
+def tuning_toml(identity_key_file: Path | None) -> str:
+    """The tables every restate-server of the lab shares, one node or a cluster: the retry policy
+    and invoker timeouts of ``RestateTuning``, and the request identity key when there is one."""
+    t = RestateTuning
+    return (
+        "[default-retry-policy]\n"
+        f'initial-interval = "{t.RETRY_INITIAL_INTERVAL}"\n'
+        f"exponentiation-factor = {t.RETRY_EXPONENTIATION_FACTOR}\n"
+        f'max-interval = "{t.RETRY_MAX_INTERVAL}"\n'
+        f'on-max-attempts = "{t.RETRY_ON_MAX_ATTEMPTS}"\n\n'
+        "[worker.invoker]\n"
+        f'inactivity-timeout = "{t.INACTIVITY_TIMEOUT}"\n'
+        f'abort-timeout = "{t.ABORT_TIMEOUT}"\n'
+        + (
+            f'request-identity-private-key-pem-file = "{identity_key_file}"\n'
+            if identity_key_file
+            else ""
+        )
+    )
+
+
+def server_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a restate-server child: the lab's, less any ``RESTATE_*`` variable
+    (it would override the config file), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESTATE_")}
+    env.update(extra or {})
+    return env
+
+
+def answers_health_checks(admin_url: str, ingress_url: str) -> bool:
+    """Do a restate-server's admin API and ingress both answer their health check?"""
+    return http_ok(f"{admin_url}/health") and http_ok(f"{ingress_url}/restate/health")
+
+
 class RestateServer:
     """restate-server with its data in ``<root>`` and the lab's tuning."""
 
@@ -71,28 +105,13 @@ class RestateServer:
 
     def config_toml(self) -> str:
         s = self.settings
-        t = RestateTuning
         return (
             "# Written by dbpatterns on every start; edit dbpatterns/config.py instead.\n"
             f'base-dir = "{self.root / "data"}"\n'
             f'bind-address = "{s.bind_host}:{s.restate_node_port}"\n'
             f'advertised-address = "http://{s.bind_host}:{s.restate_node_port}/"\n'
             "disable-telemetry = true\n"
-            "log-disable-ansi-codes = true\n\n"
-            "[default-retry-policy]\n"
-            f'initial-interval = "{t.RETRY_INITIAL_INTERVAL}"\n'
-            f"exponentiation-factor = {t.RETRY_EXPONENTIATION_FACTOR}\n"
-            f'max-interval = "{t.RETRY_MAX_INTERVAL}"\n'
-            f'on-max-attempts = "{t.RETRY_ON_MAX_ATTEMPTS}"\n\n'
-            "[worker.invoker]\n"
-            f'inactivity-timeout = "{t.INACTIVITY_TIMEOUT}"\n'
-            f'abort-timeout = "{t.ABORT_TIMEOUT}"\n'
-            + (
-                f'request-identity-private-key-pem-file = "{self.identity_key_file}"\n'
-                if self.identity_key_file
-                else ""
-            )
-            + "\n"
+            "log-disable-ansi-codes = true\n\n" + tuning_toml(self.identity_key_file) + "\n"
             "[ingress]\n"
             f'bind-address = "{s.bind_host}:{s.ingress_port}"\n\n'
             "[admin]\n"
@@ -105,13 +124,11 @@ class RestateServer:
         if self.settings.request_identity:
             self.identity_key_file, _ = identity.ensure_key_pair(self.settings.identity_dir)
         self.config_path.write_text(self.config_toml())
-        child_env = {k: v for k, v in os.environ.items() if not k.startswith("RESTATE_")}
-        child_env.update(env or {})
         self.process = spawn(
             "restate-server",
             [str(binary), "--config-file", str(self.config_path)],
             self.log_path,
-            env=child_env,
+            env=server_env(env),
             cwd=self.root,
         )
         process = self.process
@@ -124,9 +141,7 @@ class RestateServer:
         return process
 
     def healthy(self) -> bool:
-        return http_ok(f"{self.settings.admin_url}/health") and http_ok(
-            f"{self.settings.ingress_url}/restate/health"
-        )
+        return answers_health_checks(self.settings.admin_url, self.settings.ingress_url)
 
     def stop(self) -> None:
         if self.process is not None:
