@@ -80,6 +80,14 @@ class Fault(enum.StrEnum):
     INVOCATION_KILLED = "invocation-killed"
     KILL_STORM = "kill-storm"
     MIXED_STORM = "mixed-storm"
+    # A cluster of restate-server nodes (``./lab chaos --profile cluster``):
+    LEADER_KILLED = "leader-killed"  # the node leading the partition of the calls in flight
+    NODE_KILLED = "node-killed"  # a node picked at random
+    LEADER_PAUSED = "leader-paused"  # SIGSTOP, then SIGCONT: a cluster-level zombie
+
+    @property
+    def on_a_node(self) -> bool:
+        return self in (Fault.LEADER_KILLED, Fault.NODE_KILLED, Fault.LEADER_PAUSED)
 
     @property
     def is_zombie(self) -> bool:
@@ -234,6 +242,9 @@ class Cell:
             Fault.INVOCATION_KILLED: f.invocations_killed,
             Fault.KILL_STORM: f.service_killed,
             Fault.MIXED_STORM: f.events(),
+            Fault.LEADER_KILLED: f.nodes_killed,
+            Fault.NODE_KILLED: f.nodes_killed,
+            Fault.LEADER_PAUSED: min(f.nodes_paused, f.nodes_resumed),
         }[self.fault]
 
 
@@ -428,6 +439,34 @@ def mixed_storm_cell(operations: int) -> Cell:
         operations,
         why="kills, zombies, restate-server and Postgres restarts, terminated sessions",
     )
+
+
+#: The handlers whose calls are in flight when a node of the cluster fails: one per library
+#: pattern of the lab, and the example's idempotent transaction.
+CLUSTER_HANDLERS = [
+    IDEMPOTENCY_UPDATE,
+    TWO_PHASE_COMMIT_UPDATE,
+    KEYED_UPDATE_CONDITIONAL,
+    INVOICES_PAY,
+]
+NODE_WHY = {
+    Fault.LEADER_KILLED: "the leader of the calls' partition dies with the calls held before "
+    "their commit: its follower takes over and invokes them again, while the attempts the dead "
+    "node started still run in the service",
+    Fault.NODE_KILLED: "a node dies with calls in flight through every ingress: calls that "
+    "entered through it are asked again through the next node",
+    Fault.LEADER_PAUSED: "the leader hangs (SIGSTOP) with the calls held: its partitions move, "
+    "the calls are invoked again, and the paused node, resumed, must not act on them twice",
+}
+
+
+def cluster_cells(operations: int = 4) -> list[Cell]:
+    """Every exactly-once pattern across the failure of one node of a three-node cluster."""
+    return [
+        Cell((h,), fault, hold_point(h), Expect.EXACTLY_ONCE, operations, NODE_WHY[fault])
+        for fault in (Fault.LEADER_KILLED, Fault.NODE_KILLED, Fault.LEADER_PAUSED)
+        for h in CLUSTER_HANDLERS
+    ]
 
 
 def quick_cells(storm_operations: int = 200) -> list[Cell]:

@@ -26,9 +26,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chaos import report
-from chaos.cells import Cell, mixed_storm_cell, quick_cells
+from chaos.cells import Cell, cluster_cells, mixed_storm_cell, quick_cells
 from chaos.scenarios import CellRunner, ZombieCut
-from chaos.supervisor import CHAOS_RESTATE_ENV, CHAOS_TOKEN_TTL, SOAK_TOKEN_TTL, ChaosStack
+from chaos.supervisor import (
+    CHAOS_CLUSTER_RESTATE_ENV,
+    CHAOS_RESTATE_ENV,
+    CHAOS_TOKEN_TTL,
+    SOAK_TOKEN_TTL,
+    ChaosStack,
+)
 from chaos.verdict import CellResult
 from chaos.workload import Operation, Workload
 from dbpatterns.config import PROJECT_ROOT
@@ -50,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="./lab chaos",
         description="Run the chaos table: faults at every failpoint, checked against the ledger.",
     )
-    parser.add_argument("--profile", choices=["quick", "soak"], default="quick")
+    parser.add_argument(
+        "--profile",
+        choices=["quick", "soak", "cluster"],
+        default="quick",
+        help="quick: every cell once; soak: random faults for --duration; cluster: a node of a "
+        "three-node Restate cluster fails under every exactly-once pattern",
+    )
     parser.add_argument(
         "--duration",
         type=parse_duration,
@@ -136,8 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if args.verbose else logging.ERROR,
         format="%(asctime)s %(name)s %(message)s",
     )
-    if args.profile == "quick":
-        cells = [c for c in quick_cells(args.operations or 200) if matches(c, args.cells)]
+    if args.profile in ("quick", "cluster"):
+        table = (
+            quick_cells(args.operations or 200)
+            if args.profile == "quick"
+            else cluster_cells(args.operations or 4)
+        )
+        cells = [c for c in table if matches(c, args.cells)]
         if args.list:
             for cell in cells:
                 say(f"{cell.id}  (expect {cell.expect})")
@@ -146,11 +163,16 @@ def main(argv: list[str] | None = None) -> int:
             say(f"no cell matches {args.cells}; `./lab chaos --list` shows them")
             return 2
     duration = args.duration if args.duration is not None else 600.0
+    # Calls of the cluster profile live through a failover (tens of seconds): the short TTL of
+    # the quick profile's token-expiry control would expire their tokens under them.
     token_ttl = CHAOS_TOKEN_TTL if args.profile == "quick" else SOAK_TOKEN_TTL
+    nodes = 3 if args.profile == "cluster" else 1
     run = report.Run(
         args.profile,
         settings={
-            "restate": CHAOS_RESTATE_ENV,
+            "restate": (
+                CHAOS_CLUSTER_RESTATE_ENV if args.profile == "cluster" else CHAOS_RESTATE_ENV
+            ),
             "idempotency_token_ttl_s": token_ttl.total_seconds(),
             "seed": args.seed,
             "zombie_cut": args.zombie_cut,
@@ -161,16 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     say("chaos: starting postgres, restate-server, two service processes and a proxy ...")
     try:
-        stack = ChaosStack.create(token_ttl)
+        stack = ChaosStack.create(token_ttl, nodes=nodes)
         stack.start()
     except LabError as exc:
         say(f"chaos: the stack did not start: {exc}")
         return 2
     say(f"chaos: stack up in {stack.home}")
-    workload = Workload(stack.ingress_url)
+    workload = Workload(stack.ingress_urls)
     runner = CellRunner(stack, workload, seed=args.seed, zombie_cut=ZombieCut(args.zombie_cut))
     try:
-        if args.profile == "quick":
+        if args.profile in ("quick", "cluster"):
             run_cells(runner, workload, cells, run)
         else:
             ends = time.monotonic() + duration

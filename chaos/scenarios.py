@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import math
 import random
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +54,11 @@ from chaos.workload import (
 )
 from dbpatterns import failpoints, janitor
 from dbpatterns.stack import LabError, wait_until
+
+#: How long the operations of a node-fault cell are held before their commit, and how long a
+#: paused node stays paused: long enough for its peers to notice and move its partitions.
+NODE_FAULT_HOLD_MS = 4000
+NODE_PAUSE_S = 10.0
 
 #: Operations per user in a storm: several on one key (contention), within the digits a user has.
 STORM_OPS_PER_USER = 8
@@ -215,6 +221,9 @@ class CellRunner:
             Fault.INVOCATION_KILLED: self._invocation_killed,
             Fault.KILL_STORM: self._storm,
             Fault.MIXED_STORM: self._storm,
+            Fault.LEADER_KILLED: self._node_fault,
+            Fault.NODE_KILLED: self._node_fault,
+            Fault.LEADER_PAUSED: self._node_fault,
         }
         return provoke[cell.fault](cell, trial)
 
@@ -380,6 +389,83 @@ class CellRunner:
             trial.notes.append(f"the outside write committed while {versioned.name} was held")
         running.wait()
         return [user]
+
+    # --- a node of the cluster fails while operations are held ---------------------------------
+
+    def _node_fault(self, cell: Cell, trial: Trial) -> list[User]:
+        """The cell's operations, sent through every node's ingress, are held before their
+        commit (``sleep`` at the hold point); one node is killed or paused (the leader of a
+        held call's partition, or one at random); then the cluster is made whole again (the
+        killed node started again, the paused one resumed) and every node must be ready.
+
+        Measured: each held operation's latency (sent to definite answer, the hold included)
+        as ``stall_*_ms``, and ``first_answer_after_fault_ms``, how long after the fault the
+        first operation got its answer."""
+        point = cell.point
+        assert point is not None
+        stack = self.stack
+        users = self._users(cell)
+        stack.failpoints.set({point: f"{cell.operations}*sleep({NODE_FAULT_HOLD_MS})"})
+        running = self.workload.start(_ops(users))
+        if not wait_until(lambda: stack.failpoints.remaining(point) == 0, 20, 0.02):
+            trial.problems.append(f"the operations did not all reach {point}")
+        victim = self._victim(cell, trial)
+        struck = time.time()
+        if cell.fault == Fault.LEADER_PAUSED:
+            stack.pause_node(victim)
+            time.sleep(NODE_PAUSE_S)
+            stack.resume_node(victim)
+        else:
+            stack.kill_node(victim)
+        ops = running.wait()
+        if cell.fault != Fault.LEADER_PAUSED:
+            stack.restart_node(victim)
+        if not stack.cluster.settled():
+            trial.problems.append("the cluster did not settle (ready, leaders unmoved) again")
+        trial.counts["nodes_ready_at_the_end"] = sum(n.answers() for n in stack.cluster.nodes)
+        latencies = sorted(op.latency for op in ops if op.latency is not None)
+        if latencies:
+            trial.counts["stall_p50_ms"] = round(1000 * _quantile(latencies, 0.5))
+            trial.counts["stall_p99_ms"] = round(1000 * _quantile(latencies, 0.99))
+            trial.counts["stall_max_ms"] = round(1000 * latencies[-1])
+        answered = sorted(op.resolved_at - struck for op in ops if op.resolved_at is not None)
+        after = [t for t in answered if t >= 0]
+        trial.counts["answered_before_the_fault"] = len(answered) - len(after)
+        if after:
+            trial.counts["first_answer_after_fault_ms"] = round(1000 * after[0])
+        trial.notes.append(
+            "answers at (s after the fault): " + ", ".join(f"{t:+.2f}" for t in answered)
+        )
+        trial.counts["requests_per_operation_max"] = max(op.requests for op in ops)
+        trial.notes.append(
+            f"{cell.fault} {victim} at {struck - trial.started:.1f} s; ops held "
+            f"{NODE_FAULT_HOLD_MS} ms at {point}; answers via "
+            + ", ".join(sorted({url.rsplit(":", 1)[-1] for op in ops for url in op.via}))
+        )
+        return users
+
+    def _victim(self, cell: Cell, trial: Trial) -> str:
+        """The node to fail: the leader of a held call's partition (asked of Restate), or one
+        at random."""
+        names = [node.name for node in self.stack.cluster.nodes]
+        if cell.fault == Fault.NODE_KILLED:
+            return self.random.choice(names)
+        held = self._a_running_invocation(cell.handler.service)
+        leader = self.stack.leader_of(held) if held else None
+        if leader is None:
+            trial.problems.append("no leader found for a held call: a random node instead")
+            return self.random.choice(names)
+        trial.notes.append(f"{leader} leads the partition of {held}")
+        return leader
+
+    def _a_running_invocation(self, service: str) -> str | None:
+        if not re.fullmatch(r"[A-Za-z]+", service):  # Restate's SQL takes no parameters
+            raise ValueError(f"not a service name: {service!r}")
+        rows = self.stack.admin.query(
+            "SELECT id FROM sys_invocation "  # noqa: S608
+            f"WHERE target_service_name = '{service}' AND status = 'running' LIMIT 1"
+        )
+        return str(rows[0]["id"]) if rows else None
 
     # --- faults while operations are held ------------------------------------------------------
 
@@ -624,3 +710,9 @@ def _log_since(path: Any, offset: int) -> list[str]:
             return [line.strip() for line in f.read().splitlines() if line.strip()]
     except OSError:
         return []
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """The ``q`` quantile of already sorted values (nearest rank)."""
+    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
+    return sorted_values[index]

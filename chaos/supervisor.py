@@ -46,12 +46,15 @@ from dbpatterns import failpoints, migrate
 from dbpatterns.client import Admin
 from dbpatterns.config import Settings
 from dbpatterns.db import APPLICATION_NAME
+from dbpatterns.exactly_once.prepared import INVOCATION_ID
 from dbpatterns.stack import (
     LabError,
     PostgresServer,
+    RestateCluster,
     RestateServer,
     ServiceProcess,
     free_port,
+    free_port_base,
     register_deployment,
     wait_until,
 )
@@ -67,6 +70,13 @@ CHAOS_RESTATE_ENV = {
     "RESTATE_WORKER__INVOKER__ABORT_TIMEOUT": "1s",
     "RESTATE_DEFAULT_RETRY_POLICY__INITIAL_INTERVAL": "100ms",
     "RESTATE_DEFAULT_RETRY_POLICY__MAX_INTERVAL": "1s",
+}
+
+#: The cluster's: an attempt of a node-fault cell is held (``sleep``) before its commit for
+#: longer than the 2 s above, while the harness finds and fails the leader of its partition; it
+#: must stay in flight until then, not be given up by the invoker first.
+CHAOS_CLUSTER_RESTATE_ENV = CHAOS_RESTATE_ENV | {
+    "RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT": "10s",
 }
 
 #: How long ``idempotency.update`` keeps a token in the harness's quick profile: short, so the
@@ -198,6 +208,9 @@ class FaultCounts:
     terminate_events: int = 0
     invocations_killed: int = 0  # through Restate's admin API
     sessions_terminated: int = 0  # the effect of the terminate events
+    nodes_killed: int = 0  # a restate-server node of a cluster, SIGKILL
+    nodes_paused: int = 0  # a restate-server node of a cluster, SIGSTOP ...
+    nodes_resumed: int = 0  # ... and SIGCONT
 
     #: The kinds that are events (``sessions_terminated`` is an effect; a resume ends a pause).
     EVENTS = (
@@ -207,6 +220,8 @@ class FaultCounts:
         "postgres_restarted",
         "terminate_events",
         "invocations_killed",
+        "nodes_killed",
+        "nodes_paused",
     )
 
     def minus(self, earlier: FaultCounts) -> FaultCounts:
@@ -246,9 +261,11 @@ class ChaosStack:
 
     home: Path
     token_ttl: timedelta = CHAOS_TOKEN_TTL
+    #: restate-server nodes: 1, or a cluster (``RestateCluster``) of this many.
+    nodes: int = 1
     settings: Settings = field(init=False)
     postgres: PostgresServer = field(init=False)
-    restate: RestateServer = field(init=False)
+    restate: RestateServer | RestateCluster = field(init=False)
     proxy: SwitchableProxy = field(init=False)
     slots: list[ServiceSlot] = field(init=False)
     failpoints: FailpointControl = field(init=False)
@@ -287,9 +304,15 @@ class ChaosStack:
             idempotency_token_ttl=self.token_ttl,
             idle_in_transaction_timeout_ms=CHAOS_IDLE_IN_TRANSACTION_MS,
             pool_size=10,
+            restate_nodes=self.nodes,
         )
         self.postgres = PostgresServer(self.settings, home / "postgres")
-        self.restate = RestateServer(self.settings, home / "restate")
+        if self.nodes > 1:
+            base = free_port_base(self.settings)
+            self.settings = self.settings.model_copy(update={"restate_cluster_port_base": base})
+            self.restate = RestateCluster(self.settings, env=CHAOS_CLUSTER_RESTATE_ENV)
+        else:
+            self.restate = RestateServer(self.settings, home / "restate")
         self.failpoints = FailpointControl(home / "failpoints.conf")
         env = {
             failpoints.ENV_FILE: str(self.failpoints.path),
@@ -307,11 +330,11 @@ class ChaosStack:
     # --- life cycle ------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, token_ttl: timedelta = CHAOS_TOKEN_TTL) -> ChaosStack:
+    def create(cls, token_ttl: timedelta = CHAOS_TOKEN_TTL, nodes: int = 1) -> ChaosStack:
         """A stack in a fresh temporary folder the ``postgres`` OS user can reach."""
         home = Path(tempfile.mkdtemp(prefix="dbpatterns-chaos-"))
         home.chmod(0o755)
-        return cls(home, token_ttl)
+        return cls(home, token_ttl, nodes)
 
     def start(self) -> None:
         try:
@@ -382,6 +405,21 @@ class ChaosStack:
     @property
     def ingress_url(self) -> str:
         return self.settings.ingress_url
+
+    @property
+    def ingress_urls(self) -> list[str]:
+        """Every ingress: one, or every node's of a cluster."""
+        if isinstance(self.restate, RestateCluster):
+            return [node.address.ingress_url for node in self.restate.nodes]
+        return [self.ingress_url]
+
+    @property
+    def cluster(self) -> RestateCluster:
+        if not isinstance(self.restate, RestateCluster):
+            raise LabError(
+                "this chaos stack runs a single restate-server", "create it with nodes=3"
+            )
+        return self.restate
 
     # --- the service pair --------------------------------------------------------------------
 
@@ -564,13 +602,19 @@ class ChaosStack:
 
     def kill_restate(self) -> None:
         """SIGKILL restate-server (a crash: no shutdown runs)."""
+        if isinstance(self.restate, RestateCluster):
+            raise LabError("a cluster loses one node at a time: kill_node", "use kill_node")
         if self.restate.process is not None:
             self.restate.process.kill()
         self.faults.restate_killed += 1
         log.warning("restate-server killed")
 
     def start_restate(self) -> None:
-        self._spawn(lambda: self.restate.start(env=CHAOS_RESTATE_ENV))
+        restate = self.restate
+        if isinstance(restate, RestateCluster):
+            self._spawn(restate.start)
+        else:
+            self._spawn(lambda: restate.start(env=CHAOS_RESTATE_ENV))
         if self._admin is not None:
             self._admin.close()
             self._admin = None
@@ -578,6 +622,51 @@ class ChaosStack:
     def restart_restate(self) -> None:
         self.kill_restate()
         self.start_restate()
+
+    # --- faults on the nodes of a cluster --------------------------------------------------
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL one restate-server node of the cluster."""
+        self.cluster.kill(name)
+        self.faults.nodes_killed += 1
+        log.warning("restate node %s killed", name)
+
+    def pause_node(self, name: str) -> None:
+        """SIGSTOP one node: it hangs with its connections open, a cluster-level zombie."""
+        self.cluster.pause(name)
+        self.faults.nodes_paused += 1
+        log.warning("restate node %s paused", name)
+
+    def resume_node(self, name: str) -> None:
+        self.cluster.resume(name)
+        self.faults.nodes_resumed += 1
+        log.warning("restate node %s resumed", name)
+
+    def restart_node(self, name: str) -> None:
+        """Start a killed node again on its data; return once the cluster is ready again."""
+        self._spawn(lambda: self.cluster.restart(name))
+        if not self.cluster.settled():
+            raise LabError(f"the cluster did not settle after {name} restarted", "")
+
+    def leader_of(self, invocation_id: str) -> str | None:
+        """The node leading the partition of ``invocation_id`` (asked through a node that
+        answers), or None."""
+        for node in self.cluster.nodes:
+            if not node.answers():
+                continue
+            if not INVOCATION_ID.fullmatch(invocation_id):  # Restate's SQL takes no parameters
+                raise ValueError(f"not a Restate invocation id: {invocation_id!r}")
+            admin = Admin(node.address.admin_url, timeout=10)
+            try:
+                rows = admin.query(
+                    "SELECT partition_key FROM sys_invocation_status "  # noqa: S608
+                    f"WHERE id = '{invocation_id}'"
+                )
+            finally:
+                admin.close()
+            if rows:
+                return self.cluster.leader_of(int(rows[0]["partition_key"]))
+        return None
 
     def restart_postgres(self) -> None:
         """Immediate shutdown (no checkpoint, every session cut), then start: crash recovery."""

@@ -13,11 +13,12 @@ deadline, and the checker reports that as a failure of the run.
 from __future__ import annotations
 
 import enum
+import itertools
 import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,10 +165,22 @@ class Operation:
     status: int | None = None
     answer: str = ""
     invocation_id: str | None = None
+    #: Wall-clock seconds: first sent, and resolved (``time.time()``, as the fault events).
+    sent_at: float | None = None
+    resolved_at: float | None = None
+    #: The ingress each request went to (several in a cluster: a re-ask goes to the next one).
+    via: list[str] = field(default_factory=list)
 
     @property
     def delta(self) -> int:
         return int(BASE**self.digit)
+
+    @property
+    def latency(self) -> float | None:
+        """Seconds from the first send to the definite answer."""
+        if self.sent_at is None or self.resolved_at is None:
+            return None
+        return self.resolved_at - self.sent_at
 
 
 @dataclass
@@ -219,13 +232,16 @@ class Workload:
 
     def __init__(
         self,
-        ingress_url: str,
+        ingress_url: str | Sequence[str],
         *,
         request_timeout: float = 20.0,
         deadline: float = 120.0,
         concurrency: int = 8,
     ) -> None:
-        self.ingress_url = ingress_url
+        """``ingress_url``: one ingress, or every node's of a cluster: operations take turns
+        among them, and a request that ends ambiguously is asked again at the next one."""
+        self.ingress_urls = [ingress_url] if isinstance(ingress_url, str) else list(ingress_url)
+        self._turn = itertools.count()
         self.request_timeout = request_timeout
         self.deadline = deadline
         self.concurrency = concurrency
@@ -241,24 +257,36 @@ class Workload:
                 client.close()
             self._clients.clear()
 
-    def _client(self) -> Ingress:
-        client: Ingress | None = getattr(self._local, "client", None)
+    def _client(self, url: str) -> Ingress:
+        clients: dict[str, Ingress] | None = getattr(self._local, "clients", None)
+        if clients is None:
+            clients = self._local.clients = {}
+        client = clients.get(url)
         if client is None:
-            client = Ingress(self.ingress_url, timeout=self.request_timeout)
-            self._local.client = client
+            client = clients[url] = Ingress(url, timeout=self.request_timeout)
             with self._clients_lock:
                 self._clients.append(client)
         return client
 
     def run(self, op: Operation) -> Operation:
         """Send ``op`` until Restate gives a definite answer for its idempotency key."""
+        try:
+            return self._run(op)
+        finally:
+            op.resolved_at = time.time()
+
+    def _run(self, op: Operation) -> Operation:
         key, body = op.handler.request(op.user_id, op.delta)
         give_up = time.monotonic() + self.deadline
         pause = 0.1
+        turn = next(self._turn)
+        op.sent_at = time.time()
         while True:
+            url = self.ingress_urls[(turn + op.requests) % len(self.ingress_urls)]
+            op.via.append(url)
             op.requests += 1
             try:
-                response = self._client().call(
+                response = self._client(url).call(
                     op.handler.service,
                     op.handler.handler,
                     body,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -63,11 +64,22 @@ class Admin:
     def close(self) -> None:
         self.http.close()
 
+    #: How long ``query`` keeps asking while restate-server answers 500: for a few seconds after
+    #: it starts, its SQL fails ("No such scanner", "partition N doesn't exist on this node")
+    #: while its partitions come up (measured with 1.7.12, one node and three).
+    QUERY_WARMUP_S = 10.0
+
     def query(self, query: str) -> list[dict[str, Any]]:
-        """Run a query on Restate's system tables (``sys_invocation``, ``sys_deployment``, ...)."""
-        response = self.http.post(
-            "/query", json={"query": query}, headers={"accept": "application/json"}
-        )
+        """Run a query on Restate's system tables (``sys_invocation``, ``sys_deployment``, ...).
+        A 500 is asked again for up to ``QUERY_WARMUP_S``; a 4xx (a bad query) is raised at once."""
+        give_up = time.monotonic() + self.QUERY_WARMUP_S
+        while True:
+            response = self.http.post(
+                "/query", json={"query": query}, headers={"accept": "application/json"}
+            )
+            if response.status_code < 500 or time.monotonic() >= give_up:
+                break
+            time.sleep(0.25)
         response.raise_for_status()
         rows: list[dict[str, Any]] = response.json()["rows"]
         return rows

@@ -1,5 +1,6 @@
 """The chaos suite's own stack, once per session: Postgres, restate-server with short timeouts,
-two service processes behind a switchable proxy (see ``chaos.supervisor``).
+two service processes behind a switchable proxy (see ``chaos.supervisor``); and, for the
+node-fault cells, one with a three-node cluster.
 
 It is separate from ``tests/conftest.py``'s stack: the chaos suite kills, pauses and restarts
 its parts. Cells run one after another on it; each takes fresh users, so no cell sees another's
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from chaos.scenarios import CellRunner
-from chaos.supervisor import ChaosStack
+from chaos.supervisor import SOAK_TOKEN_TTL, ChaosStack
 from chaos.workload import Workload
 
 
@@ -29,8 +30,22 @@ def chaos_stack() -> Iterator[ChaosStack]:
 
 @pytest.fixture(scope="session")
 def runner(chaos_stack: ChaosStack) -> Iterator[CellRunner]:
-    workload = Workload(chaos_stack.ingress_url)
+    workload = Workload(chaos_stack.ingress_urls)
     try:
         yield CellRunner(chaos_stack, workload, seed=20261123)
     finally:
         workload.close()
+
+
+@pytest.fixture(scope="module")
+def cluster_runner() -> Iterator[CellRunner]:
+    """The same stack with a three-node Restate cluster instead of one restate-server, for the
+    node-fault cells; the workload goes through every node's ingress."""
+    stack = ChaosStack.create(SOAK_TOKEN_TTL, nodes=3)  # calls outlive a failover
+    stack.start()
+    workload = Workload(stack.ingress_urls)
+    try:
+        yield CellRunner(stack, workload, seed=20261204)
+    finally:
+        workload.close()
+        stack.stop()

@@ -29,6 +29,7 @@ from dbpatterns.stack.cluster import (
     NodeEvent,
     Partition,
     RestateCluster,
+    free_port_base,
 )
 from dbpatterns.stack.lab import (
     STATE_FILE_NAME,
@@ -88,6 +89,7 @@ __all__ = [
     "find_pg_bin_dir",
     "find_restate_binary",
     "free_port",
+    "free_port_base",
     "http_ok",
     "lab_running",
     "parts_alive",

@@ -24,6 +24,7 @@ cluster's partition table; restate-server 1.7.12's admin API, its SQL (``sys_*``
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import time
@@ -42,6 +43,7 @@ from dbpatterns.stack.processes import (
     LabError,
     pid_alive,
     pid_stopped,
+    port_is_free,
     spawn,
     tail,
     wait_until,
@@ -198,16 +200,19 @@ class ClusterNode:
         ]
         return "\n".join([*cluster, "", tuning_toml(identity_key_file), *listeners, ""])
 
-    def spawn(self, binary: Path, identity_key_file: Path | None) -> ChildProcess:
-        """Write the config and start the process (not waiting for it). The data dir stays
-        across starts, so a node started again rejoins with what it had."""
+    def spawn(
+        self, binary: Path, identity_key_file: Path | None, env: Mapping[str, str] | None = None
+    ) -> ChildProcess:
+        """Write the config and start the process (not waiting for it); ``env``: ``RESTATE_*``
+        overrides of the config. The data dir stays across starts, so a node started again
+        rejoins with what it had."""
         self.root.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config_toml(identity_key_file))
         self.process = spawn(
             f"restate-{self.name}",
             [str(binary), "--config-file", str(self.config_path)],
             self.log_path,
-            env=server_env(),
+            env=server_env(env),
             cwd=self.root,
         )
         return self.process
@@ -221,7 +226,9 @@ class RestateCluster:
     """The nodes of ``settings.restate_nodes``, started and stopped together, with fault
     helpers that record what they did in ``events``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
+        """``env``: ``RESTATE_*`` settings every node gets over its config (the chaos harness
+        shortens the invoker's timeouts so)."""
         if settings.restate_nodes < REPLICATION:
             raise LabError(
                 f"a cluster needs at least {REPLICATION} nodes (replication {REPLICATION}), "
@@ -229,6 +236,7 @@ class RestateCluster:
                 "set DBPATTERNS_RESTATE_NODES to 3 (or 1 for a single restate-server)",
             )
         self.settings = settings
+        self.env = dict(env or {})
         addresses = node_addresses(settings)
         self.nodes = [ClusterNode(settings, address, addresses) for address in addresses]
         self.events: list[NodeEvent] = []
@@ -261,7 +269,7 @@ class RestateCluster:
         provisioned, and the next start goes on from there."""
         find_restate_binary("restatectl", "restatectl")  # tells when partitions are led
         for node in self.nodes:
-            node.spawn(*self._launch_args())
+            node.spawn(*self._launch_args(), self.env)
         if not wait_until(self.ready, timeout, interval=0.2, alive=self._all_alive):
             failed = [n for n in self.nodes if not n.alive() or not n.answers()] or self.nodes
             self.stop()
@@ -298,6 +306,27 @@ class RestateCluster:
         if not partitions:
             return False
         return all(p.leader is not None for p in partitions)
+
+    def leaders(self) -> dict[int, str | None] | None:
+        """Partition id -> the node leading it now; None if nobody can tell."""
+        partitions, _ = read_partitions([n.address for n in self.nodes if n.answers()])
+        return None if partitions is None else {p.id: p.leader for p in partitions}
+
+    def settled(self, quiet: float = 3.0, timeout: float = 60.0) -> bool:
+        """Wait until the cluster is ``ready`` and no partition has changed leader for
+        ``quiet`` seconds. A node started again takes leadership back for a while after it
+        answers, and each move aborts the attempts in flight on the partition it leaves."""
+        give_up = time.monotonic() + timeout
+        last: dict[int, str | None] | None = None
+        since = time.monotonic()
+        while time.monotonic() < give_up:
+            now = self.leaders() if self.ready() else None
+            if now is None or now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return True
+            time.sleep(0.5)
+        return False
 
     def stop(self) -> None:
         """SIGTERM every node at once (one by one, the last ones would wait for a metadata
@@ -337,7 +366,7 @@ class RestateCluster:
         node = self.node(name)
         if node.alive():
             raise LabError(f"cluster node {name} still runs (pid {node.pid})", "kill it first")
-        process = node.spawn(*self._launch_args())
+        process = node.spawn(*self._launch_args(), self.env)
         if not wait_until(node.answers, timeout, interval=0.2, alive=node.alive):
             raise LabError(
                 f"cluster node {name} did not come back; its log says:\n{tail(node.log_path)}",
@@ -393,6 +422,20 @@ class RestateCluster:
         partitions, _ = read_partitions([n.address for n in self.nodes if n.answers()])
         held = [p for p in partitions or [] if p.holds(partition_key)]
         return held[0].leader if held else None
+
+
+def free_port_base(settings: Settings, tries: int = 20) -> int:
+    """A ``restate_cluster_port_base`` under which every node's ports are free now, for a
+    cluster of its own next to others (the tests, the chaos harness). The lab's default ports
+    are 21xxx-23xxx, and Linux hands out ephemeral ports (``free_port()``, outgoing
+    connections) from 32768 up: the base is drawn in between."""
+    top = 32768 - 1000 * settings.restate_nodes - 200
+    for base in random.sample(range(24000, top, 100), tries):
+        candidate = settings.model_copy(update={"restate_cluster_port_base": base})
+        ports = [p for a in node_addresses(candidate) for p in a.ports]
+        if all(port_is_free(settings.bind_host, p) for p in ports):
+            return base
+    raise LabError("no free range of ports for a Restate cluster", "stop what holds them")
 
 
 def metadata_members(node: NodeAddress) -> set[str] | None:
