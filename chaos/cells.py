@@ -437,7 +437,8 @@ def mixed_storm_cell(operations: int) -> Cell:
         None,
         Expect.EXACTLY_ONCE,
         operations,
-        why="kills, zombies, restate-server and Postgres restarts, terminated sessions",
+        why="kills, zombies, restate-server restarts (in a cluster: node kills and pauses), "
+        "Postgres restarts, terminated sessions",
     )
 
 

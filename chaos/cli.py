@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
         "three-node Restate cluster fails under every exactly-once pattern",
     )
     parser.add_argument(
+        "--nodes",
+        type=int,
+        choices=[1, 3],
+        default=None,
+        help="restate-server nodes: 1, or a cluster of 3 (the cluster profile's; with soak, "
+        "node kills and pauses join the random faults)",
+    )
+    parser.add_argument(
         "--duration",
         type=parse_duration,
         default=None,
@@ -166,13 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     # Calls of the cluster profile live through a failover (tens of seconds): the short TTL of
     # the quick profile's token-expiry control would expire their tokens under them.
     token_ttl = CHAOS_TOKEN_TTL if args.profile == "quick" else SOAK_TOKEN_TTL
-    nodes = 3 if args.profile == "cluster" else 1
+    nodes = args.nodes or (3 if args.profile == "cluster" else 1)
     run = report.Run(
         args.profile,
         settings={
-            "restate": (
-                CHAOS_CLUSTER_RESTATE_ENV if args.profile == "cluster" else CHAOS_RESTATE_ENV
-            ),
+            "restate": CHAOS_CLUSTER_RESTATE_ENV if nodes > 1 else CHAOS_RESTATE_ENV,
+            "restate_nodes": nodes,
             "idempotency_token_ttl_s": token_ttl.total_seconds(),
             "seed": args.seed,
             "zombie_cut": args.zombie_cut,

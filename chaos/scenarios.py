@@ -53,7 +53,7 @@ from chaos.workload import (
     create_users,
 )
 from dbpatterns import failpoints, janitor
-from dbpatterns.stack import LabError, wait_until
+from dbpatterns.stack import LabError, RestateCluster, wait_until
 
 #: How long the operations of a node-fault cell are held before their commit, and how long a
 #: paused node stays paused: long enough for its peers to notice and move its partitions.
@@ -431,6 +431,11 @@ class CellRunner:
         answered = sorted(op.resolved_at - struck for op in ops if op.resolved_at is not None)
         after = [t for t in answered if t >= 0]
         trial.counts["answered_before_the_fault"] = len(answered) - len(after)
+        if len(after) < len(answered):
+            trial.problems.append(
+                f"{len(answered) - len(after)} call(s) answered before the fault: not in flight "
+                "when it struck (an attempt restarted before it, by a leader moving back?)"
+            )
         if after:
             trial.counts["first_answer_after_fault_ms"] = round(1000 * after[0])
         trial.notes.append(
@@ -686,14 +691,31 @@ class _HarnessChaos:
 
     def _run(self) -> None:
         actions: dict[str, Callable[[], object]] = {
-            "restate-restart": self.stack.restart_restate,
             "postgres-restart": self.stack.restart_postgres,
             "terminate-connections": self.stack.terminate_service_connections,
         }
+        if isinstance(self.stack.restate, RestateCluster):
+            actions |= {"node-killed": self._kill_a_node, "node-paused": self._pause_a_node}
+        else:
+            actions["restate-restart"] = self.stack.restart_restate
         while not self._stop.wait(self.random.uniform(0.5, 1.5) * self.every):
             name = self.random.choice(sorted(actions))
             actions[name]()
             self.injected[name] = self.injected.get(name, 0) + 1
+
+    def _kill_a_node(self) -> None:
+        """One node of the cluster dies and is started again a moment later (one at a time:
+        two down would stop the cluster)."""
+        name = self.random.choice([n.name for n in self.stack.cluster.nodes])
+        self.stack.kill_node(name)
+        time.sleep(self.random.uniform(1.0, 4.0))
+        self.stack.restart_node(name)
+
+    def _pause_a_node(self) -> None:
+        name = self.random.choice([n.name for n in self.stack.cluster.nodes])
+        self.stack.pause_node(name)
+        time.sleep(self.random.uniform(2.0, 8.0))
+        self.stack.resume_node(name)
 
 
 def _log_size(path: Any) -> int:

@@ -312,7 +312,7 @@ class RestateCluster:
         partitions, _ = read_partitions([n.address for n in self.nodes if n.answers()])
         return None if partitions is None else {p.id: p.leader for p in partitions}
 
-    def settled(self, quiet: float = 3.0, timeout: float = 60.0) -> bool:
+    def settled(self, quiet: float = 6.0, timeout: float = 90.0) -> bool:
         """Wait until the cluster is ``ready`` and no partition has changed leader for
         ``quiet`` seconds. A node started again takes leadership back for a while after it
         answers, and each move aborts the attempts in flight on the partition it leaves."""
