@@ -10,7 +10,6 @@ cluster of its own."""
 
 from __future__ import annotations
 
-import random
 import shutil
 import socket
 import subprocess
@@ -35,9 +34,9 @@ from dbpatterns.stack import (
     Stack,
     find_restate_binary,
     free_port,
+    free_port_base,
     pid_alive,
     pid_stopped,
-    port_is_free,
     register_deployment,
     wait_until,
 )
@@ -45,19 +44,10 @@ from tests.test_stack import LabProcess, processes_mentioning
 
 NODES = ("n1", "n2", "n3")
 
-#: The lab's default cluster ports are 21xxx-23xxx; Linux hands out ephemeral ports (free_port(),
-#: outgoing connections) from 32768 up. A test cluster's base is drawn in between.
-TEST_PORT_BASES = range(24000, 32768 - 1000 * len(NODES) - 200, 100)
-
 
 def with_free_cluster_ports(settings: Settings) -> Settings:
     """The settings with a cluster port base whose every port is free now."""
-    for base in random.sample(TEST_PORT_BASES, 20):
-        candidate = settings.model_copy(update={"restate_cluster_port_base": base})
-        ports = RestateCluster(candidate).ports().values()
-        if all(port_is_free(host, port) for host, port in ports):
-            return candidate
-    raise AssertionError("no free port base for a test cluster")
+    return settings.model_copy(update={"restate_cluster_port_base": free_port_base(settings)})
 
 
 @pytest.fixture(scope="module")
