@@ -53,6 +53,7 @@ from chaos.workload import (
     create_users,
 )
 from dbpatterns import failpoints, janitor
+from dbpatterns.bench import percentile
 from dbpatterns.stack import LabError, RestateCluster, wait_until
 
 #: How long the operations of a node-fault cell are held before their commit, and how long a
@@ -401,14 +402,8 @@ class CellRunner:
         Measured: each held operation's latency (sent to definite answer, the hold included)
         as ``stall_*_ms``, and ``first_answer_after_fault_ms``, how long after the fault the
         first operation got its answer."""
-        point = cell.point
-        assert point is not None
         stack = self.stack
-        users = self._users(cell)
-        stack.failpoints.set({point: f"{cell.operations}*sleep({NODE_FAULT_HOLD_MS})"})
-        running = self.workload.start(_ops(users))
-        if not wait_until(lambda: stack.failpoints.remaining(point) == 0, 20, 0.02):
-            trial.problems.append(f"the operations did not all reach {point}")
+        users, running, point = self._hold(cell, trial, NODE_FAULT_HOLD_MS)
         victim = self._victim(cell, trial)
         struck = time.time()
         if cell.fault == Fault.LEADER_PAUSED:
@@ -425,8 +420,8 @@ class CellRunner:
         trial.counts["nodes_ready_at_the_end"] = sum(n.answers() for n in stack.cluster.nodes)
         latencies = sorted(op.latency for op in ops if op.latency is not None)
         if latencies:
-            trial.counts["stall_p50_ms"] = round(1000 * _quantile(latencies, 0.5))
-            trial.counts["stall_p99_ms"] = round(1000 * _quantile(latencies, 0.99))
+            trial.counts["stall_p50_ms"] = round(1000 * percentile(latencies, 50))
+            trial.counts["stall_p99_ms"] = round(1000 * percentile(latencies, 99))
             trial.counts["stall_max_ms"] = round(1000 * latencies[-1])
         answered = sorted(op.resolved_at - struck for op in ops if op.resolved_at is not None)
         after = [t for t in answered if t >= 0]
@@ -474,17 +469,24 @@ class CellRunner:
 
     # --- faults while operations are held ------------------------------------------------------
 
-    def _held(self, cell: Cell, trial: Trial) -> list[User]:
+    def _hold(self, cell: Cell, trial: Trial, ms: int) -> tuple[list[User], Running, str]:
+        """Send the cell's operations and hold each at the cell's point for ``ms``; return
+        once all are held there (or say that they were not)."""
         point = cell.point
         assert point is not None
         stack = self.stack
         users = self._users(cell)
-        stack.failpoints.set({point: f"{cell.operations}*sleep({HOLD_MS})"})
+        stack.failpoints.set({point: f"{cell.operations}*sleep({ms})"})
         running = self.workload.start(_ops(users))
         if not wait_until(lambda: stack.failpoints.remaining(point) == 0, 20, 0.02):
             trial.problems.append(f"the operations did not all reach {point}")
         else:
             trial.notes.append(f"{cell.operations} operation(s) held at {point} when it struck")
+        return users, running, point
+
+    def _held(self, cell: Cell, trial: Trial) -> list[User]:
+        stack = self.stack
+        users, running, _ = self._hold(cell, trial, HOLD_MS)
         if cell.fault == Fault.RESTATE_RESTART:
             stack.restart_restate()
         elif cell.fault == Fault.POSTGRES_RESTART:
@@ -732,9 +734,3 @@ def _log_since(path: Any, offset: int) -> list[str]:
             return [line.strip() for line in f.read().splitlines() if line.strip()]
     except OSError:
         return []
-
-
-def _quantile(sorted_values: list[float], q: float) -> float:
-    """The ``q`` quantile of already sorted values (nearest rank)."""
-    index = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
-    return sorted_values[index]

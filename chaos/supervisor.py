@@ -651,11 +651,11 @@ class ChaosStack:
     def leader_of(self, invocation_id: str) -> str | None:
         """The node leading the partition of ``invocation_id`` (asked through a node that
         answers), or None."""
+        if not INVOCATION_ID.fullmatch(invocation_id):  # Restate's SQL takes no parameters
+            raise ValueError(f"not a Restate invocation id: {invocation_id!r}")
         for node in self.cluster.nodes:
             if not node.answers():
                 continue
-            if not INVOCATION_ID.fullmatch(invocation_id):  # Restate's SQL takes no parameters
-                raise ValueError(f"not a Restate invocation id: {invocation_id!r}")
             admin = Admin(node.address.admin_url, timeout=10)
             try:
                 rows = admin.query(
