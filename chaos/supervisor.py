@@ -613,6 +613,11 @@ class ChaosStack:
         restate = self.restate
         if isinstance(restate, RestateCluster):
             self._spawn(restate.start)
+            # Ready is not yet settled: leaders still move for a while after the first start,
+            # and each move restarts the attempts in flight (a node-fault cell then finds its
+            # calls answered before its fault).
+            if not restate.settled():
+                raise LabError("the Restate cluster did not settle after it started", "")
         else:
             self._spawn(lambda: restate.start(env=CHAOS_RESTATE_ENV))
         if self._admin is not None:
