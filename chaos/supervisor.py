@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 import psycopg
 
 import dbpatterns.patterns  # noqa: F401  (declares every failpoint: fills the catalogue)
+from chaos.network import SERVICE, LoopbackNetwork
 from chaos.proxy import SwitchableProxy
 from dbpatterns import failpoints, migrate
 from dbpatterns.client import Admin
@@ -58,6 +59,7 @@ from dbpatterns.stack import (
     register_deployment,
     wait_until,
 )
+from dbpatterns.stack.cluster import node_addresses
 
 log = logging.getLogger("chaos")
 
@@ -211,6 +213,8 @@ class FaultCounts:
     nodes_killed: int = 0  # a restate-server node of a cluster, SIGKILL
     nodes_paused: int = 0  # a restate-server node of a cluster, SIGSTOP ...
     nodes_resumed: int = 0  # ... and SIGCONT
+    nodes_isolated: int = 0  # cut off from the other nodes and the service ...
+    nodes_healed: int = 0  # ... and reachable again
 
     #: The kinds that are events (``sessions_terminated`` is an effect; a resume ends a pause).
     EVENTS = (
@@ -222,6 +226,7 @@ class FaultCounts:
         "invocations_killed",
         "nodes_killed",
         "nodes_paused",
+        "nodes_isolated",
     )
 
     def minus(self, earlier: FaultCounts) -> FaultCounts:
@@ -267,6 +272,8 @@ class ChaosStack:
     postgres: PostgresServer = field(init=False)
     restate: RestateServer | RestateCluster = field(init=False)
     proxy: SwitchableProxy = field(init=False)
+    #: A cluster's: node-to-node and node-to-service traffic crosses it (partitions).
+    network: LoopbackNetwork | None = field(default=None, init=False)
     slots: list[ServiceSlot] = field(init=False)
     failpoints: FailpointControl = field(init=False)
     faults: FaultCounts = field(default_factory=FaultCounts, init=False)
@@ -310,7 +317,17 @@ class ChaosStack:
         if self.nodes > 1:
             base = free_port_base(self.settings)
             self.settings = self.settings.model_copy(update={"restate_cluster_port_base": base})
-            self.restate = RestateCluster(self.settings, env=CHAOS_CLUSTER_RESTATE_ENV)
+            addresses = node_addresses(self.settings)
+            self.network = LoopbackNetwork(
+                self.settings.bind_host,
+                {a.name: a.ports.node for a in addresses} | {SERVICE: self.settings.service_port},
+                self._node_pids,
+            )
+            self.restate = RestateCluster(
+                self.settings,
+                env=CHAOS_CLUSTER_RESTATE_ENV,
+                advertised={a.name: self.network.address(a.name) for a in addresses},
+            )
         else:
             self.restate = RestateServer(self.settings, home / "restate")
         self.failpoints = FailpointControl(home / "failpoints.conf")
@@ -340,6 +357,8 @@ class ChaosStack:
         try:
             self._spawn(self.postgres.start)
             migrate.migrate(self.settings.libpq_url)
+            if self.network is not None:
+                self.network.start()
             self.start_restate()
             threads = [
                 threading.Thread(target=self._start_slot, args=(slot,)) for slot in self.slots
@@ -352,7 +371,10 @@ class ChaosStack:
                 raise LabError("a service process of the chaos stack did not come up")
             self.proxy.target_port = self.active.port
             self.proxy.start()
-            register_deployment(self.settings.admin_url, self.proxy.url)
+            # In a cluster the nodes reach the proxy through the network, so a partition cuts
+            # a node off from the service too.
+            service = self.proxy.url if self.network is None else self.network.address(SERVICE)
+            register_deployment(self.settings.admin_url, service)
             self._watcher = threading.Thread(target=self._watch, name="chaos-watcher", daemon=True)
             self._watcher.start()
         except BaseException:
@@ -373,6 +395,8 @@ class ChaosStack:
             with contextlib.suppress(Exception):
                 slot.service.stop()
         self.proxy.close()
+        if self.network is not None:
+            self.network.close()
         if self._admin is not None:
             self._admin.close()
         with contextlib.suppress(Exception):
@@ -647,6 +671,28 @@ class ChaosStack:
         self.faults.nodes_resumed += 1
         log.warning("restate node %s resumed", name)
 
+    def isolate_node(self, name: str) -> int:
+        """Partition one node from the other nodes and from the service (``LoopbackNetwork``);
+        returns how many of its connections went silent."""
+        if self.network is None:
+            raise LabError("this chaos stack has no network to partition", "use nodes=3")
+        held = self.network.isolate(name)
+        self.faults.nodes_isolated += 1
+        log.warning("restate node %s cut off from its peers and the service", name)
+        return held
+
+    def heal_node(self, name: str) -> None:
+        assert self.network is not None
+        self.network.heal(name)
+        self.faults.nodes_healed += 1
+        log.warning("restate node %s reachable again", name)
+
+    def _node_pids(self) -> dict[str, int]:
+        """Node name -> pid of the nodes running now: the network tells partners apart so."""
+        if not isinstance(self.restate, RestateCluster):
+            return {}
+        return {n.name: pid for n in self.restate.nodes if (pid := n.pid) is not None}
+
     def restart_node(self, name: str) -> None:
         """Start a killed node again on its data; return once the cluster is ready again."""
         self._spawn(lambda: self.cluster.restart(name))
@@ -656,6 +702,12 @@ class ChaosStack:
     def leader_of(self, invocation_id: str) -> str | None:
         """The node leading the partition of ``invocation_id`` (asked through a node that
         answers), or None."""
+        key = self.partition_key(invocation_id)
+        return None if key is None else self.cluster.leader_of(key)
+
+    def partition_key(self, invocation_id: str) -> int | None:
+        """The partition key of ``invocation_id`` (which partition holds it), asked through a
+        node that answers; None if none knows it."""
         if not INVOCATION_ID.fullmatch(invocation_id):  # Restate's SQL takes no parameters
             raise ValueError(f"not a Restate invocation id: {invocation_id!r}")
         for node in self.cluster.nodes:
@@ -670,7 +722,7 @@ class ChaosStack:
             finally:
                 admin.close()
             if rows:
-                return self.cluster.leader_of(int(rows[0]["partition_key"]))
+                return int(rows[0]["partition_key"])
         return None
 
     def restart_postgres(self) -> None:

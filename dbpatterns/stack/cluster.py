@@ -138,10 +138,17 @@ class ClusterNode:
     """One restate-server of the cluster: a config file, data dir and log of its own."""
 
     def __init__(
-        self, settings: Settings, address: NodeAddress, peers: Sequence[NodeAddress]
+        self,
+        settings: Settings,
+        address: NodeAddress,
+        peers: Sequence[NodeAddress],
+        advertised: Mapping[str, str] | None = None,
     ) -> None:
+        """``advertised``: node name -> the URL its peers dial, where that is not the node's
+        own port (the chaos harness routes node-to-node traffic through its network)."""
         self.address = address
         self.peers = list(peers)  # every node, itself included: the metadata store's members
+        self.advertised = {p.name: p.node_url for p in self.peers} | dict(advertised or {})
         self.root = settings.home / "cluster" / address.name
         self.config_path = self.root / "restate.toml"
         self.log_path = settings.home / "logs" / f"restate-{address.name}.log"
@@ -181,12 +188,12 @@ class ClusterNode:
             f"default-num-partitions = {PARTITIONS}",
             f'base-dir = "{self.root / "data"}"',
             f'bind-address = "{a.host}:{a.ports.node}"',
-            f'advertised-address = "{a.node_url}/"',
+            f'advertised-address = "{self.advertised[a.name]}/"',
             "disable-telemetry = true",
             "log-disable-ansi-codes = true",
             "",
             "[metadata-client]",
-            f"addresses = {json.dumps([f'{peer.node_url}/' for peer in self.peers])}",
+            f"addresses = {json.dumps([f'{self.advertised[p.name]}/' for p in self.peers])}",
             "",
             "[bifrost]",
             'default-provider = "replicated"',
@@ -226,9 +233,15 @@ class RestateCluster:
     """The nodes of ``settings.restate_nodes``, started and stopped together, with fault
     helpers that record what they did in ``events``."""
 
-    def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        env: Mapping[str, str] | None = None,
+        advertised: Mapping[str, str] | None = None,
+    ) -> None:
         """``env``: ``RESTATE_*`` settings every node gets over its config (the chaos harness
-        shortens the invoker's timeouts so)."""
+        shortens the invoker's timeouts so); ``advertised``: node name -> the URL its peers and
+        the metadata clients dial instead of its own node port (the chaos harness's network)."""
         if settings.restate_nodes < REPLICATION:
             raise LabError(
                 f"a cluster needs at least {REPLICATION} nodes (replication {REPLICATION}), "
@@ -238,7 +251,9 @@ class RestateCluster:
         self.settings = settings
         self.env = dict(env or {})
         addresses = node_addresses(settings)
-        self.nodes = [ClusterNode(settings, address, addresses) for address in addresses]
+        self.nodes = [
+            ClusterNode(settings, address, addresses, advertised) for address in addresses
+        ]
         self.events: list[NodeEvent] = []
 
     def node(self, name: str) -> ClusterNode:
@@ -307,9 +322,16 @@ class RestateCluster:
             return False
         return all(p.leader is not None for p in partitions)
 
-    def leaders(self) -> dict[int, str | None] | None:
+    def partitions(self, seen_from: Sequence[str] | None = None) -> list[Partition] | None:
+        """The partition table; None if nobody can tell. ``seen_from``: ask only these nodes
+        (a node cut off from the others still believes what it last knew)."""
+        asked = [n for n in self.nodes if seen_from is None or n.name in seen_from]
+        partitions, _ = read_partitions([n.address for n in asked if n.answers()])
+        return partitions
+
+    def leaders(self, seen_from: Sequence[str] | None = None) -> dict[int, str | None] | None:
         """Partition id -> the node leading it now; None if nobody can tell."""
-        partitions, _ = read_partitions([n.address for n in self.nodes if n.answers()])
+        partitions = self.partitions(seen_from)
         return None if partitions is None else {p.id: p.leader for p in partitions}
 
     def settled(self, quiet: float = 6.0, timeout: float = 90.0) -> bool:
