@@ -84,10 +84,16 @@ class Fault(enum.StrEnum):
     LEADER_KILLED = "leader-killed"  # the node leading the partition of the calls in flight
     NODE_KILLED = "node-killed"  # a node picked at random
     LEADER_PAUSED = "leader-paused"  # SIGSTOP, then SIGCONT: a cluster-level zombie
+    LEADER_ISOLATED = "leader-isolated"  # cut off from its peers and the service, then healed
 
     @property
     def on_a_node(self) -> bool:
-        return self in (Fault.LEADER_KILLED, Fault.NODE_KILLED, Fault.LEADER_PAUSED)
+        return self in (
+            Fault.LEADER_KILLED,
+            Fault.NODE_KILLED,
+            Fault.LEADER_PAUSED,
+            Fault.LEADER_ISOLATED,
+        )
 
     @property
     def is_zombie(self) -> bool:
@@ -195,6 +201,9 @@ class Cell:
     expect: Expect
     operations: int = 1
     why: str = ""
+    #: The operations arrive at a steady pace across the fault instead of being held at a
+    #: point (``chaos.node_faults``: the node-fault cells under load).
+    load: bool = False
 
     @property
     def handler(self) -> CreditHandler:
@@ -202,7 +211,9 @@ class Cell:
 
     @property
     def where(self) -> str:
-        """The point without its handler prefix (``after-commit``), or "-"."""
+        """The point without its handler prefix (``after-commit``), "under-load", or "-"."""
+        if self.load:
+            return "under-load"
         if self.point is None:
             return "-"
         return self.point.removeprefix(self.handler.name + ".")
@@ -245,6 +256,7 @@ class Cell:
             Fault.LEADER_KILLED: f.nodes_killed,
             Fault.NODE_KILLED: f.nodes_killed,
             Fault.LEADER_PAUSED: min(f.nodes_paused, f.nodes_resumed),
+            Fault.LEADER_ISOLATED: min(f.nodes_isolated, f.nodes_healed),
         }[self.fault]
 
 
@@ -437,8 +449,8 @@ def mixed_storm_cell(operations: int) -> Cell:
         None,
         Expect.EXACTLY_ONCE,
         operations,
-        why="kills, zombies, restate-server restarts (in a cluster: node kills and pauses), "
-        "Postgres restarts, terminated sessions",
+        why="kills, zombies, restate-server restarts (in a cluster: node kills, pauses and "
+        "partitions), Postgres restarts, terminated sessions",
     )
 
 
@@ -458,6 +470,9 @@ NODE_WHY = {
     "entered through it are asked again through the next node",
     Fault.LEADER_PAUSED: "the leader hangs (SIGSTOP) with the calls held: its partitions move, "
     "the calls are invoked again, and the paused node, resumed, must not act on them twice",
+    Fault.LEADER_ISOLATED: "the leader is cut off from its peers and the service with the "
+    "calls held: their attempts commit in the database while the others elect a new leader, "
+    "which invokes them again; healed, the old leader must not act on them twice",
 }
 
 
@@ -465,8 +480,36 @@ def cluster_cells(operations: int = 4) -> list[Cell]:
     """Every exactly-once pattern across the failure of one node of a three-node cluster."""
     return [
         Cell((h,), fault, hold_point(h), Expect.EXACTLY_ONCE, operations, NODE_WHY[fault])
-        for fault in (Fault.LEADER_KILLED, Fault.NODE_KILLED, Fault.LEADER_PAUSED)
+        for fault in (
+            Fault.LEADER_KILLED,
+            Fault.NODE_KILLED,
+            Fault.LEADER_PAUSED,
+            Fault.LEADER_ISOLATED,
+        )
         for h in CLUSTER_HANDLERS
+    ]
+
+
+#: Under load: calls per second, seconds of calls before the fault, and after it (long enough
+#: for the slowest failover measured, a partition's, and the recovery after it).
+LOAD_RATE = 12.0
+LOAD_BEFORE_S = 6.0
+LOAD_AFTER_S = 54.0
+LOAD_WHY = (
+    "calls arrive at a steady pace through every node's ingress while the node fails: how far "
+    "the completions per second fall and how long until they are back, with every call "
+    "applied once"
+)
+
+
+def cluster_load_cells() -> list[Cell]:
+    """``idempotency.update`` under a steady load across each kind of node failure."""
+    operations = round(LOAD_RATE * (LOAD_BEFORE_S + LOAD_AFTER_S))
+    return [
+        Cell(
+            (IDEMPOTENCY_UPDATE,), fault, None, Expect.EXACTLY_ONCE, operations, LOAD_WHY, load=True
+        )
+        for fault in (Fault.LEADER_KILLED, Fault.LEADER_PAUSED, Fault.LEADER_ISOLATED)
     ]
 
 

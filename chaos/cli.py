@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chaos import report
-from chaos.cells import Cell, cluster_cells, mixed_storm_cell, quick_cells
+from chaos.cells import Cell, cluster_cells, cluster_load_cells, mixed_storm_cell, quick_cells
 from chaos.scenarios import CellRunner, ZombieCut
 from chaos.supervisor import (
     CHAOS_CLUSTER_RESTATE_ENV,
@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["quick", "soak", "cluster"],
         default="quick",
         help="quick: every cell once; soak: random faults for --duration; cluster: a node of a "
-        "three-node Restate cluster fails under every exactly-once pattern",
+        "three-node Restate cluster fails (killed, paused, cut off) under every exactly-once "
+        "pattern, and under a steady load",
     )
     parser.add_argument(
         "--nodes",
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[1, 3],
         default=None,
         help="restate-server nodes: 1, or a cluster of 3 (the cluster profile's; with soak, "
-        "node kills and pauses join the random faults)",
+        "node kills, pauses and partitions join the random faults)",
     )
     parser.add_argument(
         "--duration",
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         table = (
             quick_cells(args.operations or 200)
             if args.profile == "quick"
-            else cluster_cells(args.operations or 4)
+            else [*cluster_cells(args.operations or 4), *cluster_load_cells()]
         )
         cells = [c for c in table if matches(c, args.cells)]
         if args.list:

@@ -149,7 +149,8 @@ def _fault_line(faults: dict[str, int]) -> str:
         f"{faults.get('sessions_terminated', 0)}; pauses {faults.get('service_paused', 0)} = "
         f"resumed {faults.get('zombies_resumed', 0)} + died while paused "
         f"{faults.get('paused_died', 0)} + still paused {faults.get('still_paused', 0)}; "
-        f"node pauses {faults.get('nodes_paused', 0)}, resumed {faults.get('nodes_resumed', 0)}"
+        f"node pauses {faults.get('nodes_paused', 0)}, resumed {faults.get('nodes_resumed', 0)}; "
+        f"nodes cut off {faults.get('nodes_isolated', 0)}, healed {faults.get('nodes_healed', 0)}"
     )
 
 

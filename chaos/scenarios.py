@@ -13,11 +13,10 @@ from __future__ import annotations
 import enum
 import math
 import random
-import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -35,15 +34,15 @@ from chaos.cells import (
     points_of,
 )
 from chaos.checker import (
-    Baseline,
     baseline,
     check_ledger,
     check_leftovers,
     invocations_not_completed,
     late_writes,
 )
+from chaos.node_faults import NodeFaults
 from chaos.supervisor import CHAOS_IDLE_IN_TRANSACTION_MS, ChaosStack, FaultCounts, Zombie
-from chaos.verdict import CellResult, judge
+from chaos.verdict import CellResult, Trial, judge
 from chaos.workload import (
     IDEMPOTENCY_UPDATE,
     Operation,
@@ -53,13 +52,7 @@ from chaos.workload import (
     create_users,
 )
 from dbpatterns import failpoints, janitor
-from dbpatterns.bench import percentile
 from dbpatterns.stack import LabError, RestateCluster, wait_until
-
-#: How long the operations of a node-fault cell are held before their commit, and how long a
-#: paused node stays paused: long enough for its peers to notice and move its partitions.
-NODE_FAULT_HOLD_MS = 4000
-NODE_PAUSE_S = 10.0
 
 #: Operations per user in a storm: several on one key (contention), within the digits a user has.
 STORM_OPS_PER_USER = 8
@@ -78,17 +71,6 @@ class ZombieCut(enum.StrEnum):
 
 
 @dataclass
-class Trial:
-    """What a cell's provocation observed along the way."""
-
-    earlier: Baseline = field(default_factory=Baseline)  # leftovers of earlier cells
-    started: float = field(default_factory=time.time)  # wall clock, as Postgres and the trace
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
 class _Judged:
     result: CellResult
     users: list[User]
@@ -97,7 +79,7 @@ class _Judged:
 # --- the runner ----------------------------------------------------------------------------------
 
 
-class CellRunner:
+class CellRunner(NodeFaults):
     """Runs cells one after another on one chaos stack."""
 
     def __init__(
@@ -225,7 +207,10 @@ class CellRunner:
             Fault.LEADER_KILLED: self._node_fault,
             Fault.NODE_KILLED: self._node_fault,
             Fault.LEADER_PAUSED: self._node_fault,
+            Fault.LEADER_ISOLATED: self._node_fault,
         }
+        if cell.load:
+            return self._under_load(cell, trial)
         return provoke[cell.fault](cell, trial)
 
     def _users(self, cell: Cell) -> list[User]:
@@ -390,82 +375,6 @@ class CellRunner:
             trial.notes.append(f"the outside write committed while {versioned.name} was held")
         running.wait()
         return [user]
-
-    # --- a node of the cluster fails while operations are held ---------------------------------
-
-    def _node_fault(self, cell: Cell, trial: Trial) -> list[User]:
-        """The cell's operations, sent through every node's ingress, are held before their
-        commit (``sleep`` at the hold point); one node is killed or paused (the leader of a
-        held call's partition, or one at random); then the cluster is made whole again (the
-        killed node started again, the paused one resumed) and every node must be ready.
-
-        Measured: each held operation's latency (sent to definite answer, the hold included)
-        as ``stall_*_ms``, and ``first_answer_after_fault_ms``, how long after the fault the
-        first operation got its answer."""
-        stack = self.stack
-        users, running, point = self._hold(cell, trial, NODE_FAULT_HOLD_MS)
-        victim = self._victim(cell, trial)
-        struck = time.time()
-        if cell.fault == Fault.LEADER_PAUSED:
-            stack.pause_node(victim)
-            time.sleep(NODE_PAUSE_S)
-            stack.resume_node(victim)
-        else:
-            stack.kill_node(victim)
-        ops = running.wait()
-        if cell.fault != Fault.LEADER_PAUSED:
-            stack.restart_node(victim)
-        if not stack.cluster.settled():
-            trial.problems.append("the cluster did not settle (ready, leaders unmoved) again")
-        trial.counts["nodes_ready_at_the_end"] = sum(n.answers() for n in stack.cluster.nodes)
-        latencies = sorted(op.latency for op in ops if op.latency is not None)
-        if latencies:
-            trial.counts["stall_p50_ms"] = round(1000 * percentile(latencies, 50))
-            trial.counts["stall_p99_ms"] = round(1000 * percentile(latencies, 99))
-            trial.counts["stall_max_ms"] = round(1000 * latencies[-1])
-        answered = sorted(op.resolved_at - struck for op in ops if op.resolved_at is not None)
-        after = [t for t in answered if t >= 0]
-        trial.counts["answered_before_the_fault"] = len(answered) - len(after)
-        if len(after) < len(answered):
-            trial.problems.append(
-                f"{len(answered) - len(after)} call(s) answered before the fault: not in flight "
-                "when it struck (an attempt restarted before it, by a leader moving back?)"
-            )
-        if after:
-            trial.counts["first_answer_after_fault_ms"] = round(1000 * after[0])
-        trial.notes.append(
-            "answers at (s after the fault): " + ", ".join(f"{t:+.2f}" for t in answered)
-        )
-        trial.counts["requests_per_operation_max"] = max(op.requests for op in ops)
-        trial.notes.append(
-            f"{cell.fault} {victim} at {struck - trial.started:.1f} s; ops held "
-            f"{NODE_FAULT_HOLD_MS} ms at {point}; answers via "
-            + ", ".join(sorted({url.rsplit(":", 1)[-1] for op in ops for url in op.via}))
-        )
-        return users
-
-    def _victim(self, cell: Cell, trial: Trial) -> str:
-        """The node to fail: the leader of a held call's partition (asked of Restate), or one
-        at random."""
-        names = [node.name for node in self.stack.cluster.nodes]
-        if cell.fault == Fault.NODE_KILLED:
-            return self.random.choice(names)
-        held = self._a_running_invocation(cell.handler.service)
-        leader = self.stack.leader_of(held) if held else None
-        if leader is None:
-            trial.problems.append("no leader found for a held call: a random node instead")
-            return self.random.choice(names)
-        trial.notes.append(f"{leader} leads the partition of {held}")
-        return leader
-
-    def _a_running_invocation(self, service: str) -> str | None:
-        if not re.fullmatch(r"[A-Za-z]+", service):  # Restate's SQL takes no parameters
-            raise ValueError(f"not a service name: {service!r}")
-        rows = self.stack.admin.query(
-            "SELECT id FROM sys_invocation "  # noqa: S608
-            f"WHERE target_service_name = '{service}' AND status = 'running' LIMIT 1"
-        )
-        return str(rows[0]["id"]) if rows else None
 
     # --- faults while operations are held ------------------------------------------------------
 
@@ -697,7 +606,11 @@ class _HarnessChaos:
             "terminate-connections": self.stack.terminate_service_connections,
         }
         if isinstance(self.stack.restate, RestateCluster):
-            actions |= {"node-killed": self._kill_a_node, "node-paused": self._pause_a_node}
+            actions |= {
+                "node-killed": self._kill_a_node,
+                "node-paused": self._pause_a_node,
+                "node-cut-off": self._cut_a_node_off,
+            }
         else:
             actions["restate-restart"] = self.stack.restart_restate
         while not self._stop.wait(self.random.uniform(0.5, 1.5) * self.every):
@@ -718,6 +631,14 @@ class _HarnessChaos:
         self.stack.pause_node(name)
         time.sleep(self.random.uniform(2.0, 8.0))
         self.stack.resume_node(name)
+
+    def _cut_a_node_off(self) -> None:
+        """A network partition of one node, from a few seconds (healed before the others
+        notice) to longer than a failover takes (measured: 11-34 s)."""
+        name = self.random.choice([n.name for n in self.stack.cluster.nodes])
+        self.stack.isolate_node(name)
+        time.sleep(self.random.uniform(3.0, 40.0))
+        self.stack.heal_node(name)
 
 
 def _log_size(path: Any) -> int:

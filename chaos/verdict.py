@@ -8,13 +8,25 @@ resumed (or, in the idle-timeout cell, been refused), and nothing may be left be
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from chaos import attempts
 from chaos.cells import Cell, Expect, Fault
-from chaos.checker import Ledger, Leftovers
+from chaos.checker import Baseline, Ledger, Leftovers
 from chaos.supervisor import FaultCounts
+
+
+@dataclass
+class Trial:
+    """What a cell's provocation observed along the way."""
+
+    earlier: Baseline = field(default_factory=Baseline)  # leftovers of earlier cells
+    started: float = field(default_factory=time.time)  # wall clock, as Postgres and the trace
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

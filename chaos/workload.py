@@ -224,6 +224,10 @@ def create_users(
     return users
 
 
+#: Threads of a paced load: more calls than this in flight wait for one to end.
+PACED_IN_FLIGHT = 256
+
+
 class Workload:
     """Sends operations through the ingress and resolves each one to a definite outcome."""
 
@@ -311,12 +315,23 @@ class Workload:
             time.sleep(pause)
             pause = min(pause * 2, 1.0)
 
-    def run_all(self, ops: Iterable[Operation]) -> list[Operation]:
-        """Run ``ops`` with up to ``concurrency`` in flight; returns them resolved."""
+    def run_all(self, ops: Iterable[Operation], rate: float | None = None) -> list[Operation]:
+        """Run ``ops`` with up to ``concurrency`` in flight; returns them resolved.
+
+        ``rate`` (operations per second): send them at that pace instead, however many are in
+        flight (an open load, as users send: a stalled call does not hold the next ones back,
+        up to ``PACED_IN_FLIGHT``)."""
         ops = list(ops)
         self._resolved = 0
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="chaos-op") as pool:
-            list(pool.map(self._run_and_report, ops))
+        if rate is None:
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="chaos-op") as pool:
+                list(pool.map(self._run_and_report, ops))
+            return ops
+        with ThreadPoolExecutor(PACED_IN_FLIGHT, thread_name_prefix="chaos-paced") as pool:
+            start = time.monotonic()
+            for i, op in enumerate(ops):
+                time.sleep(max(0.0, start + i / rate - time.monotonic()))
+                pool.submit(self._run_and_report, op)
         return ops
 
     def _run_and_report(self, op: Operation) -> Operation:
@@ -328,18 +343,19 @@ class Workload:
             self.progress(done, op)
         return op
 
-    def start(self, ops: Iterable[Operation]) -> Running:
-        """Run ``ops`` in the background; ``Running.wait()`` returns them resolved."""
-        return Running(self, list(ops))
+    def start(self, ops: Iterable[Operation], rate: float | None = None) -> Running:
+        """Run ``ops`` in the background (at ``rate`` per second, if given);
+        ``Running.wait()`` returns them resolved."""
+        return Running(self, list(ops), rate)
 
 
 class Running:
     """Operations in flight in a background thread."""
 
-    def __init__(self, workload: Workload, ops: list[Operation]) -> None:
+    def __init__(self, workload: Workload, ops: list[Operation], rate: float | None = None) -> None:
         self.ops = ops
         self._thread = threading.Thread(
-            target=workload.run_all, args=(ops,), name="chaos-workload", daemon=True
+            target=workload.run_all, args=(ops, rate), name="chaos-workload", daemon=True
         )
         self._thread.start()
 
