@@ -25,7 +25,12 @@ from dbpatterns.stack import (
     find_restate_binary,
     lab_running,
     probe,
+    read_state,
+    request_node_start,
+    shaped_like_running_lab,
+    take_node_start_requests,
 )
+from dbpatterns.stack.processes import pid_alive, wait_until
 
 LOOK_AT_THE_DATA = "SELECT * FROM users;  SELECT * FROM user_idempotency;"
 
@@ -112,6 +117,7 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
             essential = [stack.postgres.process]
             if isinstance(stack.restate, RestateCluster):
                 report_dead_nodes(stack.restate, dead_nodes)  # the cluster goes on without one
+                start_requested_nodes(stack, stack.restate)
             else:
                 essential.append(stack.restate.process)
             for part in essential:
@@ -124,6 +130,61 @@ def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
         print("[dbpatterns] stopping: service, restate-server, postgres", flush=True)
         stack.stop()
         print("[dbpatterns] stopped; data kept in", settings.home, flush=True)
+    return 0
+
+
+def start_requested_nodes(stack: Stack, cluster: RestateCluster) -> None:
+    """Start again the nodes ``./lab node start`` asked for (a running node is left alone)."""
+    for name in take_node_start_requests(stack.settings.home):
+        try:
+            node = cluster.node(name)
+            if node.alive():
+                print(f"[dbpatterns] restate {name} runs already (pid {node.pid})", flush=True)
+                continue
+            print(f"[dbpatterns] restate {name}: starting again on its data", flush=True)
+            cluster.restart(name)
+        except LabError as exc:
+            print(f"[dbpatterns] restate {name}: {exc}", flush=True)
+            continue
+        stack.write_state()
+
+
+def cmd_node(settings: Settings, args: argparse.Namespace) -> int:
+    """Fail or start one node of the cluster a running ``up --nodes 3`` runs: kill (SIGKILL),
+    pause (SIGSTOP), resume (SIGCONT), or start it again (through that ``up``, whose child it
+    is)."""
+    state = read_state(settings.home)
+    if state is None or "restate_nodes" not in state or not lab_running(settings.home):
+        raise LabError(
+            f"no Restate cluster runs in {settings.home}", "start one with `./lab up --nodes 3`"
+        )
+    part = state["parts"].get(f"restate-{args.name}")
+    if part is None:
+        nodes = ", ".join(k.removeprefix("restate-") for k in state["parts"] if "-n" in k)
+        raise LabError(f"no cluster node {args.name!r}", f"the nodes are {nodes}")
+    pid = part.get("pid")
+    running = bool(pid) and pid_alive(int(pid))
+    if args.action == "start":
+        if running:
+            raise LabError(f"restate {args.name} runs already (pid {pid})", "kill it first")
+        request_node_start(settings.home, args.name)
+
+        def started() -> bool:
+            now = (read_state(settings.home) or {}).get("parts", {}).get(f"restate-{args.name}")
+            return bool(now and now.get("pid") and pid_alive(int(now["pid"])))
+
+        if not wait_until(started, 90, interval=0.5):
+            raise LabError(
+                f"restate {args.name} was not started within 90 s",
+                "look at the terminal of `./lab up`",
+            )
+        print(f"restate {args.name} started again; `./lab status` shows when it leads again")
+        return 0
+    if not running:
+        raise LabError(f"restate {args.name} is not running", f"`./lab node start {args.name}`")
+    sig = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP, "resume": signal.SIGCONT}[args.action]
+    os.kill(int(pid), sig)
+    print(f"restate {args.name} (pid {pid}): {sig.name} sent")
     return 0
 
 
@@ -338,6 +399,11 @@ def parser() -> argparse.ArgumentParser:
     kg.add_argument(
         "dir", nargs="?", type=Path, help="folder for the keys (default: .lab/identity)"
     )
+    nd = sub.add_parser(
+        "node", help="kill, pause, resume or start again one node of `up --nodes 3`'s cluster"
+    )
+    nd.add_argument("action", choices=["kill", "pause", "resume", "start"])
+    nd.add_argument("name", help="the node: n1, n2 or n3 (`./lab status` lists them)")
     rc = sub.add_parser("restate", help="the restate CLI, aimed at the lab's admin API")
     rc.add_argument("restate_args", nargs=argparse.REMAINDER, help="e.g. invocations list")
     return p
@@ -353,6 +419,7 @@ COMMANDS = {
     "restate": cmd_restate,
     "keygen": cmd_keygen,
     "bench": cmd_bench,
+    "node": cmd_node,
 }
 
 
@@ -370,8 +437,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = argparse.Namespace(command=argv[0], **{PASSTHROUGH[argv[0]]: argv[1:]})
     else:
         args = parser().parse_args(argv)
+    settings = get_settings()
+    if args.command != "up":  # the others look at the lab that runs, one server or a cluster
+        explicit = "DBPATTERNS_RESTATE_NODES" in os.environ
+        settings = shaped_like_running_lab(settings, explicit)
     try:
-        return COMMANDS[args.command](get_settings(), args)
+        return COMMANDS[args.command](settings, args)
     except LabError as exc:
         print(f"dbpatterns {args.command}: error: {exc}", file=sys.stderr)
         return 2

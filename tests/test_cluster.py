@@ -10,6 +10,7 @@ cluster of its own."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -349,6 +350,22 @@ def test_lab_up_with_a_cluster_serves_through_every_node_and_status_shows_each(
         assert answer.status_code == 200, f"through {node['name']}: {answer.text}"
     text = cluster_lab.cli("status").stdout
     assert all(f"restate-{name}" in text and f"    {name} " in text for name in NODES), text
+
+    # From another terminal, with no cluster setting: the commands find the running cluster.
+    bare = {k: v for k, v in cluster_lab.env.items() if not k.startswith("DBPATTERNS_RESTATE_")}
+    listed = cluster_lab.cli("restate", "deployments", "list", env=bare)
+    assert listed.returncode == 0, listed.stderr
+    assert state["service_url"].removeprefix("http://") in listed.stdout, listed.stdout
+    # A node killed with `./lab node kill` and started again, as itself, by `./lab node start`.
+    killed = state["parts"]["restate-n2"]["pid"]
+    assert cluster_lab.cli("node", "kill", "n2", env=bare).returncode == 0
+    assert wait_until(lambda: not pid_alive(killed), 10, interval=0.1)
+    started = cluster_lab.cli("node", "start", "n2", env=bare)
+    assert started.returncode == 0, started.stderr + started.stdout
+    again = json.loads(cluster_lab.cli("status", "--json").stdout)
+    assert again["parts"]["restate-n2"]["pid"] not in (None, killed)
+    assert again["parts"]["restate-n2"]["healthy"], again["parts"]
+    state = again
 
     pids = [part["pid"] for part in state["parts"].values()]
     assert cluster_lab.interrupt() == 0

@@ -139,13 +139,15 @@ class LabProcess:
         self.log = home / "up.out"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "dbpatterns.cli", *args],
-            env=self.env,
+            env=self.env if env is None else env,
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=120,
         )
 
     def up(self, timeout: float = 60) -> dict[str, Any]:

@@ -38,7 +38,10 @@ from dbpatterns.stack.lab import (
     parts_alive,
     probe,
     read_state,
+    request_node_start,
     running_stack,
+    shaped_like_running_lab,
+    take_node_start_requests,
 )
 from dbpatterns.stack.postgres import (
     PG_CONF,
@@ -99,10 +102,13 @@ __all__ = [
     "probe",
     "read_state",
     "register_deployment",
+    "request_node_start",
     "require_free_ports",
     "running_stack",
     "settings_env",
+    "shaped_like_running_lab",
     "spawn",
     "tail",
+    "take_node_start_requests",
     "wait_until",
 ]

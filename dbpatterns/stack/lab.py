@@ -35,6 +35,8 @@ from dbpatterns.stack.service import (
 )
 
 STATE_FILE_NAME = "stack.json"
+#: Requests to a running ``up`` (``./lab node start nN``): one empty file per request.
+CONTROL_DIR_NAME = "control"
 
 
 @dataclass
@@ -201,6 +203,39 @@ def parts_alive(home: Path) -> dict[str, int]:
         for name, part in state["parts"].items()
         if part.get("pid") and pid_alive(int(part["pid"]))
     }
+
+
+def request_node_start(home: Path, name: str) -> None:
+    """Ask the ``up`` of this working folder to start cluster node ``name`` again (only that
+    process can: the nodes are its children, and die with it)."""
+    control = home / CONTROL_DIR_NAME
+    control.mkdir(parents=True, exist_ok=True)
+    (control / f"start-{name}").touch()
+
+
+def take_node_start_requests(home: Path) -> list[str]:
+    """The nodes asked to start since the last look (each request is taken once)."""
+    names = []
+    for request in sorted((home / CONTROL_DIR_NAME).glob("start-*")):
+        request.unlink(missing_ok=True)
+        names.append(request.name.removeprefix("start-"))
+    return names
+
+
+def shaped_like_running_lab(settings: Settings, explicit: bool) -> Settings:
+    """The settings, with the number of Restate nodes and their ports of the lab that runs in
+    this working folder (its state file), so that ``bench``, ``janitor`` and ``restate`` find
+    a cluster that ``up --nodes 3`` started; ``explicit``: the environment set
+    ``DBPATTERNS_RESTATE_NODES``, which wins."""
+    state = read_state(settings.home)
+    if explicit or state is None or "restate_nodes" not in state:
+        return settings
+    return settings.model_copy(
+        update={
+            "restate_nodes": state["restate_nodes"],
+            "restate_cluster_port_base": state["restate_cluster_port_base"],
+        }
+    )
 
 
 def read_state(home: Path) -> dict[str, Any] | None:
