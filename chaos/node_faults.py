@@ -168,9 +168,10 @@ class NodeFaults:
         the cut, while the others still saw ``victim`` as their leader: the cut-off leader's
         own attempts, the zombie the cell is about."""
         stack = self.stack
+        others = [n.name for n in stack.cluster.nodes if n.name != victim]
         cut_off = set()
         for op in running.ops:
-            key = stack.partition_key(op.invocation_id) if op.invocation_id else None
+            key = stack.partition_key(op.invocation_id, others) if op.invocation_id else None
             if key is not None and any(p.holds(key) for p in self._led):
                 cut_off.add(op.invocation_id)
         trial.counts["calls_on_the_cut_off_leader"] = len(cut_off)

@@ -31,13 +31,14 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import psycopg
 
 import dbpatterns.patterns  # noqa: F401  (declares every failpoint: fills the catalogue)
@@ -705,13 +706,15 @@ class ChaosStack:
         key = self.partition_key(invocation_id)
         return None if key is None else self.cluster.leader_of(key)
 
-    def partition_key(self, invocation_id: str) -> int | None:
-        """The partition key of ``invocation_id`` (which partition holds it), asked through a
-        node that answers; None if none knows it."""
+    def partition_key(
+        self, invocation_id: str, seen_from: Sequence[str] | None = None
+    ) -> int | None:
+        """The partition key of ``invocation_id`` (which partition holds it), asked of the
+        nodes ``seen_from`` (by default any) until one answers; None if none knows it."""
         if not INVOCATION_ID.fullmatch(invocation_id):  # Restate's SQL takes no parameters
             raise ValueError(f"not a Restate invocation id: {invocation_id!r}")
         for node in self.cluster.nodes:
-            if not node.answers():
+            if (seen_from is not None and node.name not in seen_from) or not node.answers():
                 continue
             admin = Admin(node.address.admin_url, timeout=10)
             try:
@@ -719,6 +722,11 @@ class ChaosStack:
                     "SELECT partition_key FROM sys_invocation_status "  # noqa: S608
                     f"WHERE id = '{invocation_id}'"
                 )
+            except httpx.HTTPError as exc:
+                log.warning(
+                    "%s could not tell the partition of %s: %s", node.name, invocation_id, exc
+                )
+                continue
             finally:
                 admin.close()
             if rows:
