@@ -31,6 +31,10 @@ from dbpatterns.stack.cluster import Partition
 #: How long the operations of a node-fault cell are held before their commit, and how long a
 #: paused node stays paused: long enough for its peers to notice and move its partitions.
 NODE_FAULT_HOLD_MS = 4000
+#: A partition cell holds its calls for less: the cut-off leader's attempts must commit while
+#: it is cut off (about 0.6 s after the hold starts), and before Postgres ends a session idle
+#: in its transaction (``CHAOS_IDLE_IN_TRANSACTION_MS``, 3 s), which would refuse the commit.
+PARTITION_HOLD_MS = 2000
 NODE_PAUSE_S = 10.0
 #: A node cut off from its peers: how long the others may take to elect new leaders for its
 #: partitions (measured: 11-34 s with Restate's default failure detection), and how long the
@@ -95,7 +99,8 @@ class NodeFaults:
         Measured: each held operation's latency (sent to definite answer, the hold included)
         as ``stall_*_ms``, and ``first_answer_after_fault_ms``, how long after the fault the
         first operation got its answer."""
-        users, running, point = self._hold(cell, trial, NODE_FAULT_HOLD_MS)
+        hold = PARTITION_HOLD_MS if cell.fault == Fault.LEADER_ISOLATED else NODE_FAULT_HOLD_MS
+        users, running, point = self._hold(cell, trial, hold)
         victim = self._victim(cell, trial)
         struck = self._strike(cell, victim, running, trial)
         ops = running.wait()
@@ -121,7 +126,7 @@ class NodeFaults:
         trial.counts["requests_per_operation_max"] = max(op.requests for op in ops)
         trial.notes.append(
             f"{cell.fault} {victim} at {struck - trial.started:.1f} s; ops held "
-            f"{NODE_FAULT_HOLD_MS} ms at {point}; answers via "
+            f"{hold} ms at {point}; answers via "
             + ", ".join(sorted({url.rsplit(":", 1)[-1] for op in ops for url in op.via}))
         )
         return users
@@ -175,14 +180,14 @@ class NodeFaults:
             if key is not None and any(p.holds(key) for p in self._led):
                 cut_off.add(op.invocation_id)
         trial.counts["calls_on_the_cut_off_leader"] = len(cut_off)
-        during = [
+        window = [
             line
             for line in self.trace.read(trace_mark)
-            if line["invocation"] in cut_off
-            and struck <= line["t"] <= self._still_led_at
-            and attempts.reached_database(line)
+            if line["invocation"] in cut_off and struck <= line["t"] <= self._still_led_at
         ]
+        during = [line for line in window if attempts.reached_database(line)]
         trial.counts["statements_of_the_cut_off_leader"] = len(during)
+        trial.counts["statements_of_the_cut_off_leader_refused"] = len(window) - len(during)
         if not during:
             trial.problems.append(
                 f"no attempt started by the cut-off leader {victim} reached the database "
