@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,15 +115,16 @@ def children_of(pid: int) -> list[int]:
 
 
 class CpuMeter:
-    """CPU seconds used by the service, restate-server and Postgres (postmaster + backends)."""
+    """CPU seconds used by the service, restate-server (every node of a cluster, together) and
+    Postgres (postmaster + backends)."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
+    def __init__(self, pids: Mapping[str, int | Sequence[int]]) -> None:
+        self.pids = {part: [p] if isinstance(p, int) else list(p) for part, p in pids.items()}
 
     def sample(self) -> dict[str, dict[int, float]]:
         out: dict[str, dict[int, float]] = {}
-        for part, pid in self.pids.items():
-            group = [pid, *children_of(pid)] if part == "postgres" else [pid]
+        for part, pids in self.pids.items():
+            group = [*pids, *children_of(pids[0])] if part == "postgres" else pids
             out[part] = {p: cpu_seconds(p) for p in group}
         return out
 
@@ -320,14 +321,21 @@ def add_ratios(results: list[Result]) -> None:
             r.vs_noop = round(r.throughput / same["baseline.noop"], 3)
 
 
-def lab_pids(settings: Settings) -> dict[str, int]:
+def lab_pids(settings: Settings) -> dict[str, list[int]]:
+    """The processes of the running lab by part: ``restate`` is every restate-server of it
+    (one, or each node of ``./lab up --nodes 3``)."""
     state = read_state(settings.home)
     if not state:
         raise LabError(
             f"no running lab in {settings.home}", "start it with `./lab up` in another terminal"
         )
-    names = {"postgres": "postgres", "restate-server": "restate", "service": "service"}
-    return {names[k]: v["pid"] for k, v in state["parts"].items() if v.get("pid")}
+    pids: dict[str, list[int]] = {}
+    for name, part in state["parts"].items():
+        if part.get("pid"):
+            pids.setdefault("restate" if name.startswith("restate") else name, []).append(
+                int(part["pid"])
+            )
+    return pids
 
 
 def benchmark(
@@ -337,7 +345,7 @@ def benchmark(
     duration: float,
     workloads: list[Workload] = WORKLOADS,
     distributions: Iterable[str] = DISTRIBUTIONS,
-    pids: dict[str, int] | None = None,
+    pids: Mapping[str, int | Sequence[int]] | None = None,
     say: Callable[[str], None] = print,
 ) -> list[Result]:
     users = prepare_users(settings.libpq_url)

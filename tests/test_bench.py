@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dbpatterns import bench
 from dbpatterns.config import Settings
-from dbpatterns.stack import ServiceProcess
+from dbpatterns.stack import STATE_FILE_NAME, ServiceProcess
 from tests.conftest import DatabaseEndpoint, RestateEndpoints
 
 
@@ -81,3 +81,18 @@ def test_percentiles_pick_the_sample_at_that_rank() -> None:
     assert bench.percentile(samples, 50) == 50.0
     assert bench.percentile(samples, 99) == 99.0
     assert bench.percentile([], 99) == 0.0
+
+
+def test_the_cpu_of_every_node_of_a_cluster_counts_as_restate_servers(tmp_path: Path) -> None:
+    parts = {
+        "postgres": {"pid": 11},
+        "restate-n1": {"pid": 21},
+        "restate-n2": {"pid": 22},
+        "restate-n3": {"pid": None},  # killed: nothing to measure
+        "service": {"pid": 31},
+    }
+    (tmp_path / STATE_FILE_NAME).write_text(json.dumps({"parts": parts}))
+    pids = bench.lab_pids(Settings(home=tmp_path))
+    assert pids == {"postgres": [11], "restate": [21, 22], "service": [31]}
+    meter = bench.CpuMeter(pids)
+    assert set(meter.sample()["restate"]) == {21, 22}
