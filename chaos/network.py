@@ -27,13 +27,11 @@ import contextlib
 import functools
 import logging
 import os
-import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from chaos.loop_thread import LoopThread
 from dbpatterns.stack.processes import free_port
 
 log = logging.getLogger("chaos.network")
@@ -77,7 +75,7 @@ class _Link:
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
 
 
-class LoopbackNetwork:
+class LoopbackNetwork(LoopThread):
     """One proxy per destination (each node's fabric port, and the service), on free loopback
     ports; ``address(name)`` is what ``name``'s peers are told to dial."""
 
@@ -89,6 +87,7 @@ class LoopbackNetwork:
     ) -> None:
         """``destinations``: name -> the port it listens on; ``members``: node name -> pid of
         the nodes now (asked on each connection: a node started again has a new pid)."""
+        super().__init__("chaos-network")
         self.host = host
         self.destinations = dict(destinations)
         self.members = members
@@ -99,24 +98,9 @@ class LoopbackNetwork:
         self._links: set[_Link] = set()
         self._changed = asyncio.Event()  # set (and replaced) whenever ``isolated`` changes
         self._servers: list[asyncio.Server] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="chaos-network")
-        self._thread.daemon = True
 
     def address(self, name: str) -> str:
         return f"http://{self.host}:{self.ports[name]}"
-
-    def start(self) -> None:
-        self._thread.start()
-        self._call(self._listen())
-
-    def close(self) -> None:
-        if not self._thread.is_alive():
-            return
-        with contextlib.suppress(Exception):
-            self._call(self._shutdown(), timeout=5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
 
     def isolate(self, node: str) -> int:
         """Cut ``node`` off from every other node and from the service; returns how many open
@@ -132,10 +116,6 @@ class LoopbackNetwork:
         return sum(1 for link in list(self._links) if node in (link.origin, link.target))
 
     # --- inside the network's loop -------------------------------------------------------------
-
-    def _call(self, coro: Any, timeout: float = 10.0) -> Any:
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result(timeout)
 
     async def _listen(self) -> None:
         for name in self.destinations:

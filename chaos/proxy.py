@@ -19,10 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import threading
-from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+
+from chaos.loop_thread import LoopThread
 
 log = logging.getLogger("chaos.proxy")
 
@@ -40,34 +39,20 @@ class _Link:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
-class SwitchableProxy:
+class SwitchableProxy(LoopThread):
     """Listens on ``host:listen_port`` and forwards each new connection to ``host:target_port``."""
 
     def __init__(self, host: str, listen_port: int, target_port: int) -> None:
+        super().__init__("chaos-proxy")
         self.host = host
         self.listen_port = listen_port
         self.target_port = target_port
         self._links: set[_Link] = set()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="chaos-proxy")
-        self._thread.daemon = True
         self._server: asyncio.Server | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.listen_port}"
-
-    def start(self) -> None:
-        self._thread.start()
-        self._call(self._listen())
-
-    def close(self) -> None:
-        if not self._thread.is_alive():
-            return
-        with contextlib.suppress(Exception):
-            self._call(self._shutdown(), timeout=5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
 
     def switch(self, target_port: int) -> None:
         """New connections go to ``target_port``; open ones stay where they are."""
@@ -95,10 +80,6 @@ class SwitchableProxy:
         return sum(1 for link in list(self._links) if link.target_port == target_port)
 
     # --- inside the proxy's loop --------------------------------------------------------------
-
-    def _call(self, coro: Any, timeout: float = 10.0) -> Any:
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        return future.result(timeout)
 
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.host, self.listen_port)
