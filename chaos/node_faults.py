@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import re
 import time
+from dataclasses import dataclass
 
 from chaos import attempts
 from chaos.cells import LOAD_AFTER_S, LOAD_BEFORE_S, LOAD_RATE, Cell, Fault
@@ -48,6 +49,18 @@ PARTITION_CALLS_TIMEOUT_S = 30.0
 RECOVERED_SHARE = 0.75
 
 
+@dataclass
+class Cut:
+    """A node cut off by a partition: its peers on the other side, the partitions it led,
+    when the cut struck and the last moment the others still saw it as their leader."""
+
+    victim: str
+    others: list[str]
+    led: list[Partition]
+    struck: float  # wall clock
+    still_led_at: float  # wall clock; moves on while the others still see it leading
+
+
 class NodeFaults:
     """The node-fault cells of ``CellRunner`` (which provides ``_hold``)."""
 
@@ -55,8 +68,6 @@ class NodeFaults:
     workload: Workload
     trace: attempts.Trace
     random: random.Random
-    _led: list[Partition]  # the partitions the node cut off led
-    _still_led_at: float  # the last moment the others saw it as their leader
 
     def _hold(self, cell: Cell, trial: Trial, ms: int) -> tuple[list[User], Running, str]:
         raise NotImplementedError  # CellRunner's
@@ -72,10 +83,10 @@ class NodeFaults:
             time.sleep(NODE_PAUSE_S)
             stack.resume_node(victim)
         elif cell.fault == Fault.LEADER_ISOLATED:
-            self._partition(victim, trial, struck)
+            cut = self._partition(victim, trial, struck)
             if not cell.load:
                 self._calls_during_partition(running, trial)
-                self._prove_cut_off_leader_acted(victim, running, trial, struck, trace_mark)
+                self._prove_cut_off_leader_acted(cut, running, trial, trace_mark)
             stack.heal_node(victim)
         else:
             stack.kill_node(victim)
@@ -131,23 +142,23 @@ class NodeFaults:
         )
         return users
 
-    def _partition(self, victim: str, trial: Trial, struck: float) -> None:
+    def _partition(self, victim: str, trial: Trial, struck: float) -> Cut:
         """Cut ``victim`` off from its peers and the service; return once the others lead
-        every partition it led (``failover_ms``). Notes the last moment they still saw
-        ``victim`` as a leader: until then, no other node can have started an attempt of a
-        call on its partitions."""
+        every partition it led (``failover_ms``), with what the cut-off leader led and the
+        last moment the others still saw it as their leader: until then, no other node can
+        have started an attempt of a call on its partitions."""
         stack = self.stack
+        led = [p for p in stack.cluster.partitions() or [] if p.leader == victim]
         others = [n.name for n in stack.cluster.nodes if n.name != victim]
-        self._led = [p for p in stack.cluster.partitions() or [] if p.leader == victim]
+        cut = Cut(victim, others, led, struck, still_led_at=struck)
         held = stack.isolate_node(victim)
         trial.notes.append(f"{victim} cut off; {held} of its connections went silent")
-        self._still_led_at = struck
 
         def moved() -> bool:
             now = time.time()
-            leaders = stack.cluster.leaders(seen_from=others)
-            if leaders is None or any(leaders.get(p.id) in (None, victim) for p in self._led):
-                self._still_led_at = now
+            leaders = stack.cluster.leaders(seen_from=cut.others)
+            if leaders is None or any(leaders.get(p.id) in (None, victim) for p in led):
+                cut.still_led_at = now
                 return False
             return True
 
@@ -158,6 +169,7 @@ class NodeFaults:
                 f"the other nodes did not take over {victim}'s partitions within "
                 f"{PARTITION_FAILOVER_TIMEOUT_S:.0f} s"
             )
+        return cut
 
     def _calls_during_partition(self, running: Running, trial: Trial) -> None:
         """Give the held calls time to be answered by the new leaders before the heal."""
@@ -167,30 +179,30 @@ class NodeFaults:
         )
 
     def _prove_cut_off_leader_acted(
-        self, victim: str, running: Running, trial: Trial, struck: float, trace_mark: int
+        self, cut: Cut, running: Running, trial: Trial, trace_mark: int
     ) -> None:
-        """Statements of the calls on ``victim``'s partitions that reached the database after
-        the cut, while the others still saw ``victim`` as their leader: the cut-off leader's
-        own attempts, the zombie the cell is about."""
-        stack = self.stack
-        others = [n.name for n in stack.cluster.nodes if n.name != victim]
+        """Statements of the calls on the cut-off leader's partitions that reached the database
+        after the cut, while the others still saw it as their leader: its own attempts, the
+        zombie the cell is about."""
         cut_off = set()
         for op in running.ops:
-            key = stack.partition_key(op.invocation_id, others) if op.invocation_id else None
-            if key is not None and any(p.holds(key) for p in self._led):
+            key = (
+                self.stack.partition_key(op.invocation_id, cut.others) if op.invocation_id else None
+            )
+            if key is not None and any(p.holds(key) for p in cut.led):
                 cut_off.add(op.invocation_id)
         trial.counts["calls_on_the_cut_off_leader"] = len(cut_off)
         window = [
             line
             for line in self.trace.read(trace_mark)
-            if line["invocation"] in cut_off and struck <= line["t"] <= self._still_led_at
+            if line["invocation"] in cut_off and cut.struck <= line["t"] <= cut.still_led_at
         ]
         during = [line for line in window if attempts.reached_database(line)]
         trial.counts["statements_of_the_cut_off_leader"] = len(during)
         trial.counts["statements_of_the_cut_off_leader_refused"] = len(window) - len(during)
         if not during:
             trial.problems.append(
-                f"no attempt started by the cut-off leader {victim} reached the database "
+                f"no attempt started by the cut-off leader {cut.victim} reached the database "
                 "during the partition: the cell proves nothing"
             )
 
