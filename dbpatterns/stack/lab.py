@@ -230,6 +230,11 @@ def shaped_like_running_lab(settings: Settings, explicit: bool) -> Settings:
     state = read_state(settings.home)
     if explicit or state is None or "restate_nodes" not in state:
         return settings
+    return with_cluster_of(settings, state)
+
+
+def with_cluster_of(settings: Settings, state: dict[str, Any]) -> Settings:
+    """The settings with the cluster a state file describes: its nodes and their ports."""
     return settings.model_copy(
         update={
             "restate_nodes": state["restate_nodes"],
@@ -272,14 +277,7 @@ def probe(settings: Settings) -> dict[str, Any]:
 def cluster_status(settings: Settings, state: dict[str, Any]) -> ClusterStatus:
     """The status of the cluster a state file describes, whatever this process's settings say
     about the number of nodes and their ports."""
-    cluster = RestateCluster(
-        settings.model_copy(
-            update={
-                "restate_nodes": state["restate_nodes"],
-                "restate_cluster_port_base": state["restate_cluster_port_base"],
-            }
-        )
-    )
+    cluster = RestateCluster(with_cluster_of(settings, state))
     parts = state["parts"]
     return cluster.status({n.name: parts[f"restate-{n.name}"]["pid"] for n in cluster.nodes})
 
