@@ -330,7 +330,7 @@ def cmd_keygen(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
-    from dbpatterns import bench
+    from dbpatterns import bench, bench_report
 
     names = set(args.workloads.split(",")) if args.workloads else None
     workloads = [w for w in bench.WORKLOADS if names is None or w.name in names]
@@ -340,17 +340,22 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         f"{len(concurrencies)} concurrencies x 2 distributions, {args.duration:g} s each"
     )
     results = bench.benchmark(
-        settings, concurrencies=concurrencies, duration=args.duration, workloads=workloads
+        settings,
+        concurrencies=concurrencies,
+        duration=args.duration,
+        workloads=workloads,
+        load=args.load,
     )
     meta = {
         "duration": args.duration,
+        "load": args.load,
         "concurrencies": concurrencies,
         "cores": os.cpu_count(),
         "pool_size": settings.pool_size,
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    path = bench.write_results(results, args.out, meta)
-    print("\n" + bench.markdown(results))
+    path = bench_report.write_results(results, args.out, meta)
+    print("\n" + bench_report.markdown(results))
     print(json.dumps(bench.summary(results), indent=2))
     print(f"results: {path} (+ bench.md, bench.png)")
     return 0 if all(r.ledger_exact for r in results) else 1
@@ -391,7 +396,13 @@ def parser() -> argparse.ArgumentParser:
     )
     bn = sub.add_parser("bench", help="what each pattern costs, against the running lab")
     bn.add_argument("--concurrency", default="16,64", help="comma-separated (default 16,64)")
-    bn.add_argument("--duration", type=float, default=5.0, help="seconds per run (default 5)")
+    bn.add_argument("--duration", type=float, default=10.0, help="seconds per run (default 10)")
+    bn.add_argument(
+        "--load",
+        choices=("wrk", "python"),
+        default="wrk",
+        help="load generator: wrk (default; compiled, light) or the Python load process",
+    )
     bn.add_argument("--workloads", help="comma-separated subset, e.g. baseline.noop,keyed.update")
     bn.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
     sub.add_parser("chaos", help="the fault-injection suite (`./lab chaos --help`)")

@@ -1,4 +1,5 @@
-"""The benchmark's load: a process of its own that drives one workload and reports JSON.
+"""The benchmark's Python load (``--load python``, and always for ``direct``): a process of its
+own that drives one workload and reports JSON. The default load is wrk (``dbpatterns.wrkload``).
 
 Run by ``dbpatterns bench`` as ``python -m dbpatterns.loadgen SPEC_JSON``; it prints one JSON
 object on stdout. Requests go over plain HTTP/1.1 keep-alive connections, one per virtual
@@ -72,8 +73,8 @@ def target(workload: str, user: str, delta: int) -> tuple[str, bytes, int]:
     match workload:
         case "baseline.noop":
             return "/baseline/noop", b"", 0
-        case "simple.durableRead":
-            return "/simple/durableRead", json.dumps(user).encode(), 0
+        case "simple.read" | "simple.durableRead":
+            return "/" + workload.replace(".", "/"), json.dumps(user).encode(), 0
         case "keyed.update" | "keyed.updateConditional":
             handler = workload.removeprefix("keyed.")
             return f"/keyed/{user}/{handler}", str(delta).encode(), delta
@@ -189,7 +190,7 @@ async def run(spec: Spec) -> Outcome:
 
 async def backend_cpu(pool: Any) -> dict[int, float]:
     """CPU seconds so far of each Postgres backend serving this process's pool (same host)."""
-    from dbpatterns.bench import cpu_seconds
+    from dbpatterns.bench_counters import cpu_seconds
 
     async with pool.connection() as conn:
         cursor = await conn.execute(
