@@ -361,6 +361,24 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if all(r.ledger_exact for r in results) else 1
 
 
+def cmd_profile(settings: Settings, args: argparse.Namespace) -> int:
+    from dbpatterns import profile
+
+    print(
+        f"profiling the service under {args.workload}, c={args.concurrency}, "
+        f"{args.duration:g} s (py-spy, {args.rate} samples/s)"
+    )
+    found, load, raw = profile.record(
+        settings, args.workload, args.concurrency, args.duration, args.out, args.rate
+    )
+    title = f"`{args.workload}`, c={args.concurrency}: {load.ok / load.elapsed:.0f} ops/s"
+    text = profile.markdown(found, title)
+    (args.out / f"profile-{args.workload}.md").write_text(text)
+    print(text)
+    print(f"collapsed stacks: {raw} (+ .md)")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dbpatterns", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -405,6 +423,12 @@ def parser() -> argparse.ArgumentParser:
     )
     bn.add_argument("--workloads", help="comma-separated subset, e.g. baseline.noop,keyed.update")
     bn.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
+    pf = sub.add_parser("profile", help="where the service's CPU goes under one workload (py-spy)")
+    pf.add_argument("workload", help="e.g. keyed.update (the names `./lab bench` uses)")
+    pf.add_argument("--concurrency", type=int, default=16, help="connections (default 16)")
+    pf.add_argument("--duration", type=float, default=20.0, help="seconds (default 20)")
+    pf.add_argument("--rate", type=int, default=200, help="samples per second (default 200)")
+    pf.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
     sub.add_parser("chaos", help="the fault-injection suite (`./lab chaos --help`)")
     kg = sub.add_parser("keygen", help="make (once) the request identity key pair")
     kg.add_argument(
@@ -430,6 +454,7 @@ COMMANDS = {
     "restate": cmd_restate,
     "keygen": cmd_keygen,
     "bench": cmd_bench,
+    "profile": cmd_profile,
     "node": cmd_node,
 }
 
