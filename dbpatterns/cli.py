@@ -335,15 +335,25 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     names = set(args.workloads.split(",")) if args.workloads else None
     workloads = [w for w in bench.WORKLOADS if names is None or w.name in names]
     concurrencies = [int(c) for c in args.concurrency.split(",")]
+    distributions = args.distributions.split(",")
+    unknown = set(distributions) - set(bench.DISTRIBUTIONS)
+    if unknown or (names and names - {w.name for w in bench.WORKLOADS}):
+        raise LabError(
+            "unknown workload or distribution",
+            f"workloads: {', '.join(w.name for w in bench.WORKLOADS)}; "
+            f"distributions: {', '.join(bench.DISTRIBUTIONS)}",
+        )
     print(
         f"benchmark against {settings.ingress_url}: {len(workloads)} workloads x "
-        f"{len(concurrencies)} concurrencies x 2 distributions, {args.duration:g} s each"
+        f"{len(concurrencies)} concurrencies x {len(distributions)} distributions, "
+        f"{args.duration:g} s each, load from {args.load}"
     )
     results = bench.benchmark(
         settings,
         concurrencies=concurrencies,
         duration=args.duration,
         workloads=workloads,
+        distributions=distributions,
         load=args.load,
     )
     meta = {
@@ -422,6 +432,11 @@ def parser() -> argparse.ArgumentParser:
         help="load generator: wrk (default; compiled, light) or the Python load process",
     )
     bn.add_argument("--workloads", help="comma-separated subset, e.g. baseline.noop,keyed.update")
+    bn.add_argument(
+        "--distributions",
+        default="spread,hot",
+        help="spread (1,000 users), hot (one user), or both (default spread,hot)",
+    )
     bn.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
     pf = sub.add_parser("profile", help="where the service's CPU goes under one workload (py-spy)")
     pf.add_argument("workload", help="e.g. keyed.update (the names `./lab bench` uses)")
