@@ -348,8 +348,12 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         f"{len(concurrencies)} concurrencies x {len(distributions)} distributions, "
         f"{args.duration:g} s each, load from {args.load}"
     )
+    pids: dict[str, list[int]] | None = None
+    if args.service_pid:
+        pids = bench.lab_pids(settings) | {"service": [args.service_pid]}
     results = bench.benchmark(
         settings,
+        pids=pids,
         concurrencies=concurrencies,
         duration=args.duration,
         workloads=workloads,
@@ -359,6 +363,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
     meta = {
         "duration": args.duration,
         "load": args.load,
+        "service": "the lab's" if not args.service_pid else f"another process ({args.service_pid})",
         "concurrencies": concurrencies,
         "cores": os.cpu_count(),
         "pool_size": settings.pool_size,
@@ -432,6 +437,12 @@ def parser() -> argparse.ArgumentParser:
         help="load generator: wrk (default; compiled, light) or the Python load process",
     )
     bn.add_argument("--workloads", help="comma-separated subset, e.g. baseline.noop,keyed.update")
+    bn.add_argument(
+        "--service-pid",
+        type=int,
+        help="measure this process as the service: another implementation of the same handlers, "
+        "registered with the lab's restate-server in place of the lab's service",
+    )
     bn.add_argument(
         "--distributions",
         default="spread,hot",
