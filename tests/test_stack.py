@@ -122,6 +122,10 @@ def test_a_pg_bin_dir_without_the_server_binaries_is_reported(tmp_path: Path) ->
 # --- `dbpatterns up` as a user runs it ---------------------------------------------------------
 
 
+def restore_sighup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 class LabProcess:
     """`dbpatterns up` in a subprocess, on free ports, in a working folder of its own."""
 
@@ -157,6 +161,9 @@ class LabProcess:
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                # `up` as from a terminal: SIGHUP at its default even when the tests run under
+                # nohup (which would leave it ignored in every child, and `up` alive after it).
+                preexec_fn=restore_sighup,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
