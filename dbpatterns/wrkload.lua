@@ -1,7 +1,9 @@
 -- The benchmark's load inside wrk: one request at a time per connection, each to a random user.
 --
 -- Run by dbpatterns/wrkload.py as
---   wrk -t C -c C -d Ns -s wrkload.lua URL -- WORKLOAD USERS_FILE DELTA SEED
+--   wrk -t C -c C -d Ns -s wrkload.lua URL -- PATH BODY USERS_FILE DELTA SEED
+-- where PATH and BODY are one request of the workload (dbpatterns.loadgen.target) with USER in
+-- place of the user id, and DELTA the credits one call adds.
 -- with one thread per connection: a thread's connection then has exactly one request in flight,
 -- so the response wrk hands to response() answers the last request this thread built, and the
 -- credits it acknowledged can be booked to that request's user. The ledger check needs them:
@@ -13,10 +15,11 @@
 --
 -- done() prints lines starting with "dbpatterns " on stdout for wrkload.py to read.
 
-local workload, delta
+USER = "@USER@"  -- the mark wrkload.py puts where the user id goes
+
+local path_template, body_template, delta
 local users = {}
 local last_user = nil
-local last_delta = 0
 pending = ""  -- the user of the request in flight, "" if none
 ok = 0
 failed = 0
@@ -33,46 +36,34 @@ function setup(thread)
 end
 
 function init(args)
-  workload = args[1]
-  delta = tonumber(args[3])
-  for line in io.lines(args[2]) do
+  path_template, body_template = args[1], args[2]
+  delta = tonumber(args[4])
+  for line in io.lines(args[3]) do
     if #line > 0 then table.insert(users, line) end
   end
-  math.randomseed(tonumber(args[4]) * 1000 + id)
+  math.randomseed(tonumber(args[5]) * 1000 + id)
 end
 
 local json_headers = { ["Content-Type"] = "application/json" }
+
+local function for_user(template, user)
+  return (string.gsub(template, USER, (string.gsub(user, "%%", "%%%%"))))
+end
 
 function request()
   local user = users[math.random(#users)]
   last_user = user
   pending = user
-  if workload == "baseline.noop" then
-    last_delta = 0
-    return wrk.format("POST", "/baseline/noop", nil, "")
-  elseif workload == "simple.read" or workload == "simple.durableRead" then
-    last_delta = 0
-    local handler = workload == "simple.read" and "read" or "durableRead"
-    return wrk.format("POST", "/simple/" .. handler, json_headers, '"' .. user .. '"')
-  elseif workload == "keyed.update" or workload == "keyed.updateConditional" then
-    last_delta = delta
-    local handler = workload == "keyed.update" and "update" or "updateConditional"
-    return wrk.format("POST", "/keyed/" .. user .. "/" .. handler, json_headers, tostring(delta))
-  else -- idempotency.update, twoPhaseCommit.update
-    last_delta = delta
-    local path = workload == "idempotency.update" and "/idempotency/update"
-      or "/twoPhaseCommit/update"
-    local body = '{"userId": "' .. user .. '", "addCredits": ' .. delta .. '}'
-    return wrk.format("POST", path, json_headers, body)
-  end
+  local body = for_user(body_template, user)
+  return wrk.format("POST", for_user(path_template, user), body ~= "" and json_headers or nil, body)
 end
 
 function response(status, headers, body)
   pending = ""
   if status == 200 then
     ok = ok + 1
-    if last_delta ~= 0 then
-      acked[last_user] = (acked[last_user] or 0) + last_delta
+    if delta ~= 0 then
+      acked[last_user] = (acked[last_user] or 0) + delta
     end
   else
     failed = failed + 1

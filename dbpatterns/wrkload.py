@@ -17,19 +17,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dbpatterns.loadgen import target
+
 SCRIPT = Path(__file__).with_name("wrkload.lua")
 REQUEST_TIMEOUT_S = 30
-WRK_WORKLOADS = frozenset(
-    {
-        "baseline.noop",
-        "simple.read",
-        "simple.durableRead",
-        "keyed.update",
-        "keyed.updateConditional",
-        "idempotency.update",
-        "twoPhaseCommit.update",
-    }
-)
+USER_MARK = "@USER@"  # where wrkload.lua puts each request's user id (its USER)
 
 
 class WrkError(RuntimeError):
@@ -62,15 +54,18 @@ def command(
     delta: int = 1,
     seed: int = 1,
 ) -> list[str]:
-    if workload not in WRK_WORKLOADS:
-        raise ValueError(f"wrk does not drive {workload!r}")
+    """wrk's command line for ``workload``: its requests are built by ``loadgen.target``, the
+    same as the Python load's, with a mark for the user id that the script fills in."""
+    if workload == "direct":
+        raise ValueError("wrk drives the Restate workloads; direct has no HTTP request")
+    path, body, credits = target(workload, USER_MARK, delta)
     wrk = shutil.which("wrk")
     if wrk is None:
         raise WrkError("wrk is not installed: `./lab bench` installs it (apt-get install wrk)")
     return [
         wrk, "-t", str(concurrency), "-c", str(concurrency), "-d", f"{duration:g}s",
         "--timeout", f"{REQUEST_TIMEOUT_S}s", "-s", str(SCRIPT), ingress_url,
-        "--", workload, str(users_file), str(delta), str(seed),
+        "--", path, body.decode(), str(users_file), str(credits), str(seed),
     ]  # fmt: skip
 
 
