@@ -391,6 +391,45 @@ def cmd_profile(settings: Settings, args: argparse.Namespace) -> int:
     (args.out / f"profile-{args.workload}.md").write_text(text)
     print(text)
     print(f"collapsed stacks: {raw} (+ .md)")
+
+
+def cmd_frames(settings: Settings, args: argparse.Namespace) -> int:
+    from dbpatterns import frames
+
+    lab = frames.Lab.from_state(settings.home)
+    workloads = args.workloads.split(",") if args.workloads else list(frames.WORKLOADS)
+    unknown = sorted(set(workloads) - set(frames.WORKLOADS))
+    if unknown:
+        raise LabError(
+            f"unknown workload {', '.join(unknown)}", f"choose from {', '.join(frames.WORKLOADS)}"
+        )
+    if args.calls < 1 or args.warmup < 0:
+        raise LabError(f"--calls {args.calls} --warmup {args.warmup}", "calls >= 1, warmup >= 0")
+    print(
+        f"HTTP/2 frames, TCP segments and syscalls per call between restate-server and the "
+        f"service (port {lab.service_port}): {len(workloads)} workloads, {args.warmup} warm-up "
+        f"+ 2 x {args.calls} sequential calls each (a capture pass, a strace pass)",
+        flush=True,
+    )
+    results = frames.run(
+        lab,
+        workloads,
+        calls=args.calls,
+        warmup=args.warmup,
+        raw_dir=args.raw,
+        say=lambda line: print(line, flush=True),
+    )
+    meta = {
+        "calls": args.calls,
+        "warmup": args.warmup,
+        "service_port": lab.service_port,
+        "restate_processes": len(lab.restate_pids),
+        "cores": os.cpu_count(),
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    path = frames.write_results(results, args.out, meta)
+    print("\n" + frames.syscall_table(results))
+    print(f"results: {path} (+ frames.md)")
     return 0
 
 
@@ -455,6 +494,16 @@ def parser() -> argparse.ArgumentParser:
     pf.add_argument("--duration", type=float, default=20.0, help="seconds (default 20)")
     pf.add_argument("--rate", type=int, default=200, help="samples per second (default 200)")
     pf.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
+    fr = sub.add_parser(
+        "frames",
+        help="HTTP/2 frames, TCP segments and socket syscalls per call between restate-server "
+        "and the service, against the running lab (tcpdump, tshark, strace)",
+    )
+    fr.add_argument("--calls", type=int, default=20, help="sequential calls per pass (default 20)")
+    fr.add_argument("--warmup", type=int, default=3, help="calls before measuring (default 3)")
+    fr.add_argument("--workloads", help="comma-separated subset, e.g. baseline.noop,keyed.update")
+    fr.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
+    fr.add_argument("--raw", type=Path, metavar="DIR", help="keep the captures and traces in DIR")
     sub.add_parser("chaos", help="the fault-injection suite (`./lab chaos --help`)")
     kg = sub.add_parser("keygen", help="make (once) the request identity key pair")
     kg.add_argument(
@@ -481,6 +530,7 @@ COMMANDS = {
     "keygen": cmd_keygen,
     "bench": cmd_bench,
     "profile": cmd_profile,
+    "frames": cmd_frames,
     "node": cmd_node,
 }
 

@@ -1,0 +1,540 @@
+"""What one call costs on the wire between restate-server and the service: HTTP/2 frames by type,
+TCP segments, payload bytes and socket syscalls, per call (``./lab frames``).
+
+Against the running lab (found through the state file of ``./lab up``), for each workload: a few
+warm-up calls, then two passes of N sequential calls through the Restate ingress (bodies as
+``dbpatterns.loadgen.target`` builds them for ``./lab bench``):
+
+1. Capture pass. ``tcpdump -i lo`` records the service port only; ``tshark``, told that the
+   port speaks HTTP/2 (``-d tcp.port==PORT,http2``), lists every packet's HTTP/2 frames (type
+   and stream id). restate-server keeps one long-lived HTTP/2 connection to the service, opened
+   long before the capture: tshark never sees its preface or SETTINGS, and cannot decompress its
+   headers, but frame headers are plain and decode all the same. That is checked, not assumed:
+   a call without a HEADERS frame in each direction fails the run (``count_frames``).
+2. Trace pass. ``strace -f -ttt -yy`` on the service process (all its threads) and on every
+   restate-server process counts the socket syscalls (``write``, ``writev``, ``sendto``,
+   ``sendmsg``, ``read``, ``recvfrom``, ``recvmsg``), each under the peer of its descriptor: the
+   Restate connection, Postgres, or anything else. A separate pass, because ptrace slows both
+   processes and would change how their writes coalesce into TCP segments.
+
+Each call owns the time from its request to the next call's request (``frame_counting.Windows``).
+What else may travel on the service port, and how it is kept out:
+
+* Connection-level frames (stream 0) in a call's window count for that call: restate-server's
+  and the service's WINDOW_UPDATEs for the connection, and PINGs, which hyper sends both to
+  estimate bandwidth (caused by the calls) and to keep an idle connection alive (not caused by
+  them; they show up in the PING column).
+* Streams that another caller's invocation opens, a retry of an earlier invocation, or a
+  scheduled call coming due (``idempotency.update`` schedules its token's expiry; with a short
+  ``DBPATTERNS_IDEMPOTENCY_TOKEN_TTL`` it runs during the run): the first stream restate-server
+  opens in a call's window is that call's; any other stream is excluded and reported.
+* Other TCP connections to the port (``./lab status``'s health checks, a deployment discovery
+  when someone registers the service, a new connection of restate-server) are excluded unless
+  they carry a call's stream.
+* The syscalls cannot be told apart by stream: those of the service's janitor (a sweep every
+  ``DBPATTERNS_JANITOR_INTERVAL``: Postgres and the admin API) count when they fall in a window,
+  in the ``postgres`` and ``other`` peers, never in the Restate connection's.
+
+The figures are totals over the N calls divided by N; nothing is estimated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+
+from dbpatterns.frame_counting import (
+    DIRECTIONS,
+    TO_RESTATE,
+    TO_SERVICE,
+    TRACED,
+    TSHARK_FIELDS,
+    CountingError,
+    FrameCount,
+    SyscallCount,
+    Windows,
+    count_frames,
+    count_syscalls,
+    parse_packets,
+    parse_strace,
+    restate_peer,
+    service_peer,
+)
+from dbpatterns.loadgen import target
+from dbpatterns.stack import (
+    ChildProcess,
+    LabError,
+    pid_alive,
+    read_state,
+    spawn,
+    tail,
+    wait_until,
+)
+
+WORKLOADS = (
+    "baseline.noop",
+    "simple.read",
+    "simple.durableRead",
+    "keyed.update",
+    "keyed.updateConditional",
+    "idempotency.update",
+    "twoPhaseCommit.update",
+)
+FRAMES_USER = "frames-user"
+#: Debian packages of the tools, by command (``./lab`` installs the missing ones with apt-get).
+TOOLS = {"tcpdump": "tcpdump", "tshark": "tshark", "strace": "strace"}
+#: Frame types with a column of their own; the others add up in ``other``.
+COLUMN_TYPES = ("DATA", "HEADERS", "WINDOW_UPDATE", "SETTINGS", "PING", "RST_STREAM")
+SETTLE_S = 0.2  # after the tools attach, before the first call
+GRACE_S = 0.5  # after the last call, for its last frames (late WINDOW_UPDATEs)
+
+
+def missing_tools() -> list[str]:
+    return [tool for tool in TOOLS if shutil.which(tool) is None]
+
+
+def require_tools() -> None:
+    missing = missing_tools()
+    if missing:
+        raise LabError(
+            f"{', '.join(missing)} not found on PATH: `frames` captures with tcpdump, decodes "
+            "with tshark and counts syscalls with strace",
+            "`./lab frames` installs them with apt-get when run as root; or "
+            f"`apt-get install {' '.join(TOOLS[t] for t in missing)}`",
+        )
+
+
+@dataclass(frozen=True)
+class Lab:
+    """The running lab's parts that ``frames`` calls, captures and traces."""
+
+    ingress_url: str
+    database_url: str
+    service_port: int
+    service_pid: int
+    restate_pids: tuple[int, ...]  # none: restate-server does not run here (a container)
+
+    @classmethod
+    def from_state(cls, home: Path) -> Lab:
+        state = read_state(home)
+        if not state:
+            raise LabError(
+                f"no running lab in {home}", "start it with `./lab up` in another terminal"
+            )
+        parts = state["parts"]
+        pids = {name: int(part["pid"]) for name, part in parts.items() if part.get("pid")}
+        dead = [f"{name} (pid {pid})" for name, pid in pids.items() if not pid_alive(pid)]
+        if dead or "service" not in pids:
+            raise LabError(
+                f"the lab in {home} is not fully up: {', '.join(dead) or 'no service'}",
+                "`./lab status` tells which part is down; `./lab up` starts them",
+            )
+        return cls(
+            ingress_url=state["ingress_url"],
+            database_url=state["database_url"],
+            service_port=port_of(state["service_url"]),
+            service_pid=pids["service"],
+            restate_pids=tuple(pid for name, pid in pids.items() if name.startswith("restate")),
+        )
+
+    @property
+    def ingress_port(self) -> int:
+        return port_of(self.ingress_url)
+
+    @property
+    def postgres_port(self) -> int:
+        return int(psycopg.conninfo.conninfo_to_dict(self.database_url).get("port") or 5432)
+
+
+def port_of(url: str) -> int:
+    port = urlsplit(url).port
+    if port is None:
+        raise LabError(f"no port in {url!r}")
+    return port
+
+
+@dataclass
+class Result:
+    workload: str
+    calls: int
+    frames: FrameCount
+    service: SyscallCount
+    restate: SyscallCount | None  # None: no restate-server process to trace
+
+    def frames_per_call(self) -> float:
+        """HTTP/2 frames per call, both directions together."""
+        return sum(sum(t.frames.values()) for t in self.frames.traffic.values()) / self.calls
+
+    def sender_writes(self, direction: str) -> float | None:
+        """Write syscalls per call of the side that sends ``direction``, on this connection."""
+        if direction == TO_RESTATE:
+            return self.service.per_call("restate", "writes")
+        return self.restate.per_call("service", "writes") if self.restate else None
+
+    def receiver_reads(self, direction: str) -> float | None:
+        if direction == TO_SERVICE:
+            return self.service.per_call("restate", "reads")
+        return self.restate.per_call("service", "reads") if self.restate else None
+
+
+# --- the tools ---------------------------------------------------------------------------------
+
+
+def _started(
+    name: str, proc: ChildProcess, log: Path, ready: Callable[[str], bool], hint: str
+) -> None:
+    def is_ready() -> bool:
+        return ready(log.read_text(errors="replace"))
+
+    if not wait_until(is_ready, 15, alive=proc.alive):
+        proc.stop(signal.SIGINT, timeout=5)
+        raise LabError(f"{name} did not start; it says:\n{tail(log)}", hint)
+
+
+@contextlib.contextmanager
+def capturing(port: int, pcap: Path) -> Iterator[None]:
+    """tcpdump on the loopback interface, TCP port ``port`` only, into ``pcap``."""
+    log = pcap.with_suffix(".tcpdump.log")
+    privileges = ["-Z", "root"] if os.geteuid() == 0 else []  # else it writes as `tcpdump`
+    argv = ["tcpdump", "-i", "lo", "-n", "-U", "-s", "0", "-w", str(pcap), *privileges]
+    proc = spawn("tcpdump", [*argv, f"tcp port {port}"], log)
+    try:
+        _started(
+            "tcpdump",
+            proc,
+            log,
+            lambda text: "listening on" in text,
+            "capturing needs root or the CAP_NET_RAW capability",
+        )
+        yield
+    finally:
+        proc.stop(signal.SIGINT, timeout=15)
+    dropped = re.search(r"(\d+) packets? dropped by kernel", log.read_text(errors="replace"))
+    if dropped and int(dropped[1]):
+        raise LabError(f"tcpdump: {dropped[0]}: the counts would be short", "run it again")
+
+
+@contextlib.contextmanager
+def tracing(pids: Sequence[int], out: Path) -> Iterator[None]:
+    """strace on ``pids`` and all their threads, the socket read and write syscalls, with
+    timestamps and descriptor peers, into ``out``; detaches (the processes run on) at exit."""
+    if not pids:
+        yield
+        return
+    log = out.with_suffix(".strace.log")
+    argv = ["strace", "-f", "-ttt", "-yy", "-s", "0", "-e", f"trace={TRACED}", "-o", str(out)]
+    for pid in pids:
+        argv += ["-p", str(pid)]
+    proc = spawn("strace", argv, log)
+    try:
+        _started(
+            "strace",
+            proc,
+            log,
+            lambda text: len(re.findall(r"Process \d+ attached", text)) >= len(pids),
+            "tracing needs root or the CAP_SYS_PTRACE capability (a container: "
+            "--cap-add SYS_PTRACE)",
+        )
+        yield
+    finally:
+        proc.stop(signal.SIGINT, timeout=15)
+
+
+def decode(pcap: Path, port: int) -> str:
+    """tshark's ``TSHARK_FIELDS`` of every packet with a payload, the port decoded as HTTP/2."""
+    argv = ["tshark", "-r", str(pcap), "-n", "-d", f"tcp.port=={port},http2"]
+    argv += ["-Y", "tcp.len > 0", "-T", "fields", "-E", "separator=/t", "-E", "occurrence=a"]
+    argv += ["-E", "aggregator=,", *(arg for f in TSHARK_FIELDS for arg in ("-e", f))]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
+    if proc.returncode != 0:
+        raise LabError(f"tshark failed on {pcap}:\n{proc.stderr[-2000:]}")
+    return proc.stdout
+
+
+# --- one workload ------------------------------------------------------------------------------
+
+
+def prepare_user(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO users (userid, name, address, credits) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (userid) DO NOTHING",
+            (FRAMES_USER, "Frames User", "1 Wire Way", 1_000_000),
+        )
+
+
+def call(client: httpx.Client, workload: str) -> None:
+    path, body, _ = target(workload, FRAMES_USER, 1)
+    headers = {"content-type": "application/json"} if body else {}
+    response = client.post(path, content=body, headers=headers)
+    if response.status_code != 200:
+        raise LabError(
+            f"{workload}: POST {path} answered HTTP {response.status_code}: {response.text[:300]}",
+            "is the service registered and healthy (`./lab status`)?",
+        )
+
+
+def sequence(client: httpx.Client, workload: str, calls: int) -> Windows:
+    """``calls`` calls one after the other; their windows."""
+    time.sleep(SETTLE_S)
+    starts = []
+    for _ in range(calls):
+        starts.append(time.time())
+        call(client, workload)
+    time.sleep(GRACE_S)
+    return Windows(tuple(starts), time.time())
+
+
+def measure(lab: Lab, workload: str, *, calls: int, warmup: int, workdir: Path) -> Result:
+    pcap = workdir / f"{workload}.pcap"
+    service_trace = workdir / f"{workload}.service.strace"
+    restate_trace = workdir / f"{workload}.restate.strace"
+    with httpx.Client(base_url=lab.ingress_url, timeout=30) as client:
+        for _ in range(warmup):
+            call(client, workload)
+        with capturing(lab.service_port, pcap):
+            captured = sequence(client, workload, calls)
+        with tracing([lab.service_pid], service_trace), tracing(lab.restate_pids, restate_trace):
+            traced = sequence(client, workload, calls)
+    try:
+        frames = count_frames(
+            parse_packets(decode(pcap, lab.service_port), lab.service_port), captured
+        )
+    except CountingError as exc:
+        raise LabError(
+            f"{workload}: {exc}",
+            f"look at the capture (keep it with --raw DIR): "
+            f"tshark -r {pcap.name} -d tcp.port=={lab.service_port},http2",
+        ) from exc
+    service = count_syscalls(
+        parse_strace(service_trace.read_text()),
+        traced,
+        service_peer(lab.service_port, lab.postgres_port),
+    )
+    restate = None
+    if lab.restate_pids:
+        restate = count_syscalls(
+            parse_strace(restate_trace.read_text()),
+            traced,
+            restate_peer(lab.service_port, lab.ingress_port),
+        )
+    seen = {"the service's reads": service.counts[("restate", "reads")],
+            "the service's writes": service.counts[("restate", "writes")]}  # fmt: skip
+    if restate is not None:
+        seen["restate-server's writes"] = restate.counts[("service", "writes")]
+    short = [f"{what}: {n}" for what, n in seen.items() if n < calls]
+    if short:
+        raise LabError(
+            f"{workload}: strace saw fewer socket syscalls on the Restate connection than calls "
+            f"({calls}): {', '.join(short)}",
+            f"were the right processes traced (service pid {lab.service_pid}, restate-server "
+            f"{list(lab.restate_pids)})? Keep the traces with --raw DIR and look",
+        )
+    return Result(workload, calls, frames, service, restate)
+
+
+def run(
+    lab: Lab,
+    workloads: Sequence[str],
+    *,
+    calls: int,
+    warmup: int,
+    raw_dir: Path | None = None,
+    say: Callable[[str], None] = print,
+) -> list[Result]:
+    """Measure each workload in turn; prints the table as it goes."""
+    require_tools()
+    prepare_user(lab.database_url)
+    results = []
+    with contextlib.ExitStack() as stack:
+        if raw_dir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="frames-")))
+        else:
+            workdir = raw_dir
+            workdir.mkdir(parents=True, exist_ok=True)
+        say(header())
+        for workload in workloads:
+            result = measure(lab, workload, calls=calls, warmup=warmup, workdir=workdir)
+            results.append(result)
+            for line in rows(result):
+                say(line)
+    return results
+
+
+# --- reporting ---------------------------------------------------------------------------------
+
+COLUMNS = ("workload", "direction", "frames", *COLUMN_TYPES, "other", "segments", "bytes",
+           "writes", "reads")  # fmt: skip
+
+
+def per_call(result: Result, direction: str) -> dict[str, float | None]:
+    """One direction's figures per call, by column."""
+    traffic = result.frames.traffic[direction]
+    n = result.calls
+    frames = {kind: traffic.frames[kind] / n for kind in COLUMN_TYPES}
+    total = sum(traffic.frames.values()) / n
+    return {
+        "frames": total,
+        **frames,
+        "other": total - sum(frames.values()),
+        "segments": traffic.segments / n,
+        "bytes": traffic.payload_bytes / n,
+        "writes": result.sender_writes(direction),
+        "reads": result.receiver_reads(direction),
+    }
+
+
+def _figure(value: float | None, column: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.0f}" if column == "bytes" else f"{value:.2f}"
+
+
+def header() -> str:
+    return _line(COLUMNS)
+
+
+def _line(cells: Sequence[str]) -> str:
+    widths = (24, 16) + (8,) * (len(COLUMNS) - 2)
+    return "  ".join(
+        f"{c:<{w}}" if i < 2 else f"{c:>{w}}"
+        for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+    )
+
+
+def rows(result: Result) -> list[str]:
+    lines = []
+    for i, direction in enumerate(DIRECTIONS):
+        figures = per_call(result, direction)
+        name = result.workload if i == 0 else ""
+        lines.append(_line([name, direction, *(_figure(figures[c], c) for c in COLUMNS[2:])]))
+    note = excluded_note(result.frames)
+    if note:
+        lines.append(f"{'':<24}  (excluded, not from these calls: {note})")
+    return lines
+
+
+def excluded_note(frames: FrameCount) -> str:
+    parts = [
+        (frames.excluded_streams, "streams"),
+        (frames.excluded_frames, "frames"),
+        (frames.excluded_segments, "segments"),
+        (frames.other_connections, "other connections"),
+    ]
+    return ", ".join(f"{n} {what}" for n, what in parts if n)
+
+
+SERVICE_PEERS = ("restate", "postgres", "other")
+RESTATE_PEERS = ("service", "ingress", "other")
+
+
+def syscall_cells(count: SyscallCount | None, peers: Sequence[str]) -> list[str]:
+    if count is None:
+        return ["n/a"] * len(peers)
+    return [f"{count.per_call(p, 'writes'):.2f} / {count.per_call(p, 'reads'):.2f}" for p in peers]
+
+
+def markdown(results: Sequence[Result]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
+    for r in results:
+        for direction in DIRECTIONS:
+            figures = per_call(r, direction)
+            cells = [f"`{r.workload}`", direction, *(_figure(figures[c], c) for c in COLUMNS[2:])]
+            lines.append("| " + " | ".join(cells) + " |")
+    sys_cols = ["workload", *(f"service: {p} w / r" for p in SERVICE_PEERS),
+                *(f"restate-server: {p} w / r" for p in RESTATE_PEERS)]  # fmt: skip
+    lines += ["", "| " + " | ".join(sys_cols) + " |", "|" + " --- |" * len(sys_cols)]
+    for r in results:
+        cells = [f"`{r.workload}`", *syscall_cells(r.service, SERVICE_PEERS),
+                 *syscall_cells(r.restate, RESTATE_PEERS)]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    notes = [
+        f"`{r.workload}`: {excluded_note(r.frames)}" for r in results if excluded_note(r.frames)
+    ]
+    if notes:
+        lines += ["", "Excluded, not from the calls: " + "; ".join(notes) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def syscall_table(results: Sequence[Result]) -> str:
+    """The socket syscalls per call by peer, as text (writes / reads)."""
+    head = [
+        "workload",
+        *(f"svc:{p}" for p in SERVICE_PEERS),
+        *(f"restate:{p}" for p in RESTATE_PEERS),
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(f"{c:<24}" if i == 0 else f"{c:>15}" for i, c in enumerate(cells))
+
+    lines = ["socket syscalls per call (writes / reads), by peer", line(head)]
+    for r in results:
+        cells = [r.workload, *syscall_cells(r.service, SERVICE_PEERS),
+                 *syscall_cells(r.restate, RESTATE_PEERS)]  # fmt: skip
+        lines.append(line(cells))
+    return "\n".join(lines)
+
+
+def as_json(result: Result) -> dict[str, Any]:
+    n = result.calls
+
+    def syscalls(count: SyscallCount | None) -> dict[str, Any] | None:
+        if count is None:
+            return None
+        peers = sorted({peer for peer, _ in count.counts})
+        return {
+            "per_call": {
+                peer: {kind: count.counts[(peer, kind)] / n for kind in ("writes", "reads")}
+                | {f"{kind}_failed": count.failed[(peer, kind)] / n for kind in ("writes", "reads")}
+                for peer in peers
+            },
+            "by_name_per_call": {name: c / n for name, c in sorted(count.by_name.items())},
+            "outside_the_calls": count.excluded,
+        }
+
+    frames = result.frames
+    return {
+        "workload": result.workload,
+        "calls": n,
+        "per_call": {
+            direction: {
+                **per_call(result, direction),
+                "frames_by_type": {
+                    kind: c / n for kind, c in sorted(frames.traffic[direction].frames.items())
+                },
+            }
+            for direction in DIRECTIONS
+        },
+        "frames_of_each_call": frames.frames_per_call,
+        "excluded": {
+            "streams": frames.excluded_streams,
+            "frames": frames.excluded_frames,
+            "segments": frames.excluded_segments,
+            "other_connections": frames.other_connections,
+        },
+        "syscalls": {"service": syscalls(result.service), "restate": syscalls(result.restate)},
+    }
+
+
+def write_results(results: Sequence[Result], folder: Path, meta: dict[str, Any]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "frames.json"
+    document = {"meta": meta, "results": [as_json(r) for r in results]}
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    (folder / "frames.md").write_text(markdown(results))
+    return path
