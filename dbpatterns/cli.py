@@ -407,8 +407,8 @@ def cmd_frames(settings: Settings, args: argparse.Namespace) -> int:
         raise LabError(f"--calls {args.calls} --warmup {args.warmup}", "calls >= 1, warmup >= 0")
     print(
         f"HTTP/2 frames, TCP segments and syscalls per call between restate-server and the "
-        f"service (port {lab.service_port}): {len(workloads)} workloads, {args.warmup} warm-up "
-        f"+ 2 x {args.calls} sequential calls each (a capture pass, a strace pass)",
+        f"service (port {lab.service_port}): {len(workloads)} workloads, warm-up, then "
+        f"2 x {args.calls} sequential calls each (a capture pass, a strace pass)",
         flush=True,
     )
     results = frames.run(
@@ -500,7 +500,13 @@ def parser() -> argparse.ArgumentParser:
         "and the service, against the running lab (tcpdump, tshark, strace)",
     )
     fr.add_argument("--calls", type=int, default=20, help="sequential calls per pass (default 20)")
-    fr.add_argument("--warmup", type=int, default=3, help="calls before measuring (default 3)")
+    fr.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="at least this many calls before measuring (default 3), then more until 50 in a "
+        "row open no new connection to the service",
+    )
     fr.add_argument("--workloads", help="comma-separated subset, e.g. baseline.noop,keyed.update")
     fr.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
     fr.add_argument("--raw", type=Path, metavar="DIR", help="keep the captures and traces in DIR")

@@ -50,6 +50,7 @@ TSHARK_FIELDS = (
     "tcp.len",
     "http2.type",
     "http2.streamid",
+    "http2.magic",  # the connection preface: the connection was opened during the capture
 )
 TO_SERVICE = "restate>service"
 TO_RESTATE = "service>restate"
@@ -100,6 +101,7 @@ class Packet:
     to_service: bool
     payload: int  # tcp.len
     frames: tuple[tuple[str, int], ...]  # (frame type, stream id), in packet order
+    preface: bool = False  # carries the client's connection preface (a new connection)
 
     @property
     def direction(self) -> str:
@@ -118,8 +120,10 @@ def parse_packets(text: str, service_port: int) -> list[Packet]:
             continue
         cells = line.split("\t")
         if len(cells) != len(TSHARK_FIELDS):
-            raise CountingError(f"tshark line {number}: {len(cells)} fields, not 7: {line!r}")
-        time, conn, src, dst, length, types, streams = cells
+            raise CountingError(
+                f"tshark line {number}: {len(cells)} fields, not {len(TSHARK_FIELDS)}: {line!r}"
+            )
+        time, conn, src, dst, length, types, streams, magic = cells
         if service_port not in (int(src), int(dst)):
             raise CountingError(f"tshark line {number}: not to or from port {service_port}")
         kinds, ids = _values(types), _values(streams)
@@ -137,6 +141,7 @@ def parse_packets(text: str, service_port: int) -> list[Packet]:
                 to_service=int(dst) == service_port,
                 payload=int(length or 0),
                 frames=frames,
+                preface=bool(magic),
             )
         )
     return packets
@@ -161,6 +166,7 @@ class FrameCount:
     excluded_frames: int = 0
     excluded_segments: int = 0
     other_connections: int = 0  # TCP connections to the port that carried no call
+    connections_opened: int = 0  # connection prefaces seen: their setup is in the counts
 
 
 def count_frames(packets: Sequence[Packet], windows: Windows) -> FrameCount:
@@ -191,6 +197,7 @@ def count_frames(packets: Sequence[Packet], windows: Windows) -> FrameCount:
         frames_per_call=[dict.fromkeys(DIRECTIONS, 0) for _ in range(windows.calls)],
         excluded_streams=excluded_streams,
         other_connections=len({p.connection for p in packets} - connections),
+        connections_opened=sum(p.preface for p in packets),
     )
     headers = [dict.fromkeys(DIRECTIONS, 0) for _ in range(windows.calls)]
     for p in packets:

@@ -1,15 +1,22 @@
 """What one call costs on the wire between restate-server and the service: HTTP/2 frames by type,
 TCP segments, payload bytes and socket syscalls, per call (``./lab frames``).
 
-Against the running lab (found through the state file of ``./lab up``), for each workload: a few
+Against the running lab (found through the state file of ``./lab up``), for each workload:
 warm-up calls, then two passes of N sequential calls through the Restate ingress (bodies as
-``dbpatterns.loadgen.target`` builds them for ``./lab bench``):
+``dbpatterns.loadgen.target`` builds them for ``./lab bench``).
+
+restate-server opens an HTTP/2 connection to the service per partition that invokes it (seen
+with 1.7.12: on a fresh lab, each no-op call, landing on a random partition, opened a new one,
+with its preface and SETTINGS exchange). The figures are meant for calls over open connections:
+the warm-up goes on until 50 calls in a row opened none (``warm_up``), and a pass during which
+one was opened anyway runs again, up to three times; what remains is reported under the row.
+The passes:
 
 1. Capture pass. ``tcpdump -i lo`` records the service port only; ``tshark``, told that the
    port speaks HTTP/2 (``-d tcp.port==PORT,http2``), lists every packet's HTTP/2 frames (type
-   and stream id). restate-server keeps one long-lived HTTP/2 connection to the service, opened
-   long before the capture: tshark never sees its preface or SETTINGS, and cannot decompress its
-   headers, but frame headers are plain and decode all the same. That is checked, not assumed:
+   and stream id). The connections were opened before the capture: tshark never sees their
+   preface or SETTINGS, and cannot decompress their headers, but frame headers are plain and
+   decode all the same. That is checked, not assumed:
    a call without a HEADERS frame in each direction fails the run (``count_frames``).
 2. Trace pass. ``strace -f -ttt -yy`` on the service process (all its threads) and on every
    restate-server process counts the socket syscalls (``write``, ``writev``, ``sendto``,
@@ -74,6 +81,7 @@ from dbpatterns.frame_counting import (
     parse_strace,
     restate_peer,
     service_peer,
+    tcp_ports,
 )
 from dbpatterns.loadgen import target
 from dbpatterns.stack import (
@@ -100,6 +108,9 @@ FRAMES_USER = "frames-user"
 TOOLS = {"tcpdump": "tcpdump", "tshark": "tshark", "strace": "strace"}
 #: Frame types with a column of their own; the others add up in ``other``.
 COLUMN_TYPES = ("DATA", "HEADERS", "WINDOW_UPDATE", "SETTINGS", "PING", "RST_STREAM")
+STABLE_CALLS = 50  # warm-up: this many calls in a row without a new connection ...
+MAX_WARMUP = 500  # ... or this many calls in all
+ATTEMPTS = 3  # a pass during which restate-server opened a connection is run again
 SETTLE_S = 0.2  # after the tools attach, before the first call
 GRACE_S = 0.5  # after the last call, for its last frames (late WINDOW_UPDATEs)
 
@@ -175,6 +186,8 @@ class Result:
     frames: FrameCount
     service: SyscallCount
     restate: SyscallCount | None  # None: no restate-server process to trace
+    warmup_calls: int = 0
+    connections_opened_traced: int = 0  # during the strace pass (after its last attempt)
 
     def frames_per_call(self) -> float:
         """HTTP/2 frames per call, both directions together."""
@@ -211,7 +224,10 @@ def capturing(port: int, pcap: Path) -> Iterator[None]:
     """tcpdump on the loopback interface, TCP port ``port`` only, into ``pcap``."""
     log = pcap.with_suffix(".tcpdump.log")
     privileges = ["-Z", "root"] if os.geteuid() == 0 else []  # else it writes as `tcpdump`
-    argv = ["tcpdump", "-i", "lo", "-n", "-U", "-s", "0", "-w", str(pcap), *privileges]
+    # --immediate-mode: without it, packets wait in the kernel's ring for a block to fill or a
+    # timeout, and a capture stopped within a second of its last call writes none of them.
+    argv = ["tcpdump", "-i", "lo", "-n", "--immediate-mode", "-U", "-s", "0", "-w", str(pcap)]
+    argv += privileges
     proc = spawn("tcpdump", [*argv, f"tcp port {port}"], log)
     try:
         _started(
@@ -224,9 +240,30 @@ def capturing(port: int, pcap: Path) -> Iterator[None]:
         yield
     finally:
         proc.stop(signal.SIGINT, timeout=15)
-    dropped = re.search(r"(\d+) packets? dropped by kernel", log.read_text(errors="replace"))
-    if dropped and int(dropped[1]):
-        raise LabError(f"tcpdump: {dropped[0]}: the counts would be short", "run it again")
+    check_complete(log.read_text(errors="replace"))
+
+
+def check_complete(tcpdump_says: str) -> None:
+    """tcpdump's closing words: every packet its filter took was written, none dropped.
+
+    On ``lo`` the kernel's filter sees each packet twice, going out and coming in, and libpcap
+    keeps only the incoming copy: every packet is written when ``received`` is twice
+    ``captured``."""
+
+    def packets(what: str) -> int | None:
+        found = re.findall(rf"(\d+) packets? {what}", tcpdump_says)
+        return int(found[-1]) if found else None
+
+    captured, received = packets("captured"), packets("received by filter")
+    dropped = packets("dropped by kernel")
+    if captured is None or received is None or dropped is None:
+        raise LabError(f"tcpdump did not say how many packets it captured:\n{tcpdump_says}")
+    if dropped or 2 * captured < received:
+        raise LabError(
+            f"tcpdump captured {captured} of {received} packets ({dropped} dropped by the "
+            "kernel): the counts would be short",
+            "run it again on a quieter machine",
+        )
 
 
 @contextlib.contextmanager
@@ -300,39 +337,95 @@ def sequence(client: httpx.Client, workload: str, calls: int) -> Windows:
     return Windows(tuple(starts), time.time())
 
 
-def measure(lab: Lab, workload: str, *, calls: int, warmup: int, workdir: Path) -> Result:
-    pcap = workdir / f"{workload}.pcap"
+def established(port: int) -> set[int]:
+    """The remote ports of the established TCP connections to local ``port`` (restate-server's
+    ends of its connections to the service), from ``/proc/net/tcp``."""
+    peers = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, remote, state = row.split()[1:4]
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                peers.add(int(remote.rsplit(":", 1)[1], 16))
+    return peers
+
+
+def warm_up(client: httpx.Client, workload: str, port: int, minimum: int) -> int:
+    """At least ``minimum`` calls, then more until ``STABLE_CALLS`` in a row opened no new
+    connection to the service (at most ``MAX_WARMUP``): restate-server opens one for each
+    partition that invokes the service, and a call lands on a random partition unless it is
+    keyed. Returns the number of calls made."""
+    known = established(port)
+    made = streak = 0
+    while made < minimum or (streak < STABLE_CALLS and made < MAX_WARMUP):
+        call(client, workload)
+        made += 1
+        now = established(port)
+        streak = 0 if now - known else streak + 1
+        known |= now
+    return made
+
+
+def capture_pass(
+    lab: Lab, client: httpx.Client, workload: str, calls: int, pcap: Path
+) -> FrameCount:
+    """The calls under tcpdump, counted; again (up to ``ATTEMPTS`` times) if restate-server
+    opened a connection meanwhile, whose setup would count for a call."""
+    for _ in range(ATTEMPTS):
+        with capturing(lab.service_port, pcap):
+            windows = sequence(client, workload, calls)
+        try:
+            packets = parse_packets(decode(pcap, lab.service_port), lab.service_port)
+            frames = count_frames(packets, windows)
+        except CountingError as exc:
+            raise LabError(
+                f"{workload}: {exc}",
+                f"look at the capture (keep it with --raw DIR): "
+                f"tshark -r {pcap.name} -d tcp.port=={lab.service_port},http2",
+            ) from exc
+        if not frames.connections_opened:
+            break
+    return frames
+
+
+@dataclass
+class Traced:
+    service: SyscallCount
+    restate: SyscallCount | None
+    connections_opened: int
+
+
+def trace_pass(lab: Lab, client: httpx.Client, workload: str, calls: int, workdir: Path) -> Traced:
+    """The calls under strace, counted; again (up to ``ATTEMPTS`` times) if restate-server
+    opened a connection meanwhile."""
     service_trace = workdir / f"{workload}.service.strace"
     restate_trace = workdir / f"{workload}.restate.strace"
-    with httpx.Client(base_url=lab.ingress_url, timeout=30) as client:
-        for _ in range(warmup):
-            call(client, workload)
-        with capturing(lab.service_port, pcap):
-            captured = sequence(client, workload, calls)
+    for _ in range(ATTEMPTS):
+        before = established(lab.service_port)
         with tracing([lab.service_pid], service_trace), tracing(lab.restate_pids, restate_trace):
-            traced = sequence(client, workload, calls)
-    try:
-        frames = count_frames(
-            parse_packets(decode(pcap, lab.service_port), lab.service_port), captured
+            windows = sequence(client, workload, calls)
+        syscalls = parse_strace(service_trace.read_text())
+        used = {
+            ports[1]
+            for c in syscalls
+            if (ports := tcp_ports(c.fd)) and ports[0] == lab.service_port
+        }
+        service = count_syscalls(
+            syscalls, windows, service_peer(lab.service_port, lab.postgres_port)
         )
-    except CountingError as exc:
-        raise LabError(
-            f"{workload}: {exc}",
-            f"look at the capture (keep it with --raw DIR): "
-            f"tshark -r {pcap.name} -d tcp.port=={lab.service_port},http2",
-        ) from exc
-    service = count_syscalls(
-        parse_strace(service_trace.read_text()),
-        traced,
-        service_peer(lab.service_port, lab.postgres_port),
-    )
-    restate = None
-    if lab.restate_pids:
-        restate = count_syscalls(
-            parse_strace(restate_trace.read_text()),
-            traced,
-            restate_peer(lab.service_port, lab.ingress_port),
-        )
+        restate = None
+        if lab.restate_pids:
+            restate = count_syscalls(
+                parse_strace(restate_trace.read_text()),
+                windows,
+                restate_peer(lab.service_port, lab.ingress_port),
+            )
+        traced = Traced(service, restate, len(used - before))
+        if not traced.connections_opened:
+            break
     seen = {"the service's reads": service.counts[("restate", "reads")],
             "the service's writes": service.counts[("restate", "writes")]}  # fmt: skip
     if restate is not None:
@@ -345,7 +438,23 @@ def measure(lab: Lab, workload: str, *, calls: int, warmup: int, workdir: Path) 
             f"were the right processes traced (service pid {lab.service_pid}, restate-server "
             f"{list(lab.restate_pids)})? Keep the traces with --raw DIR and look",
         )
-    return Result(workload, calls, frames, service, restate)
+    return traced
+
+
+def measure(lab: Lab, workload: str, *, calls: int, warmup: int, workdir: Path) -> Result:
+    with httpx.Client(base_url=lab.ingress_url, timeout=30) as client:
+        warmed = warm_up(client, workload, lab.service_port, warmup)
+        frames = capture_pass(lab, client, workload, calls, workdir / f"{workload}.pcap")
+        traced = trace_pass(lab, client, workload, calls, workdir)
+    return Result(
+        workload,
+        calls,
+        frames,
+        traced.service,
+        traced.restate,
+        warmup_calls=warmed,
+        connections_opened_traced=traced.connections_opened,
+    )
 
 
 def run(
@@ -423,18 +532,23 @@ def rows(result: Result) -> list[str]:
         figures = per_call(result, direction)
         name = result.workload if i == 0 else ""
         lines.append(_line([name, direction, *(_figure(figures[c], c) for c in COLUMNS[2:])]))
-    note = excluded_note(result.frames)
+    note = excluded_note(result)
     if note:
-        lines.append(f"{'':<24}  (excluded, not from these calls: {note})")
+        lines.append(f"{'':<24}  ({note})")
     return lines
 
 
-def excluded_note(frames: FrameCount) -> str:
+def excluded_note(result: Result) -> str:
+    """What the figures leave out (not from the calls), and connections opened, whose setup
+    they include."""
+    frames = result.frames
     parts = [
-        (frames.excluded_streams, "streams"),
-        (frames.excluded_frames, "frames"),
-        (frames.excluded_segments, "segments"),
-        (frames.other_connections, "other connections"),
+        (frames.excluded_streams, "streams excluded"),
+        (frames.excluded_frames, "frames excluded"),
+        (frames.excluded_segments, "segments excluded"),
+        (frames.other_connections, "other connections excluded"),
+        (frames.connections_opened, "connections opened while capturing, setup included"),
+        (result.connections_opened_traced, "connections opened while tracing, setup included"),
     ]
     return ", ".join(f"{n} {what}" for n, what in parts if n)
 
@@ -463,11 +577,9 @@ def markdown(results: Sequence[Result]) -> str:
         cells = [f"`{r.workload}`", *syscall_cells(r.service, SERVICE_PEERS),
                  *syscall_cells(r.restate, RESTATE_PEERS)]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
-    notes = [
-        f"`{r.workload}`: {excluded_note(r.frames)}" for r in results if excluded_note(r.frames)
-    ]
+    notes = [f"`{r.workload}`: {excluded_note(r)}" for r in results if excluded_note(r)]
     if notes:
-        lines += ["", "Excluded, not from the calls: " + "; ".join(notes) + "."]
+        lines += ["", "Left out, or added: " + "; ".join(notes) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -521,11 +633,16 @@ def as_json(result: Result) -> dict[str, Any]:
             for direction in DIRECTIONS
         },
         "frames_of_each_call": frames.frames_per_call,
+        "warmup_calls": result.warmup_calls,
         "excluded": {
             "streams": frames.excluded_streams,
             "frames": frames.excluded_frames,
             "segments": frames.excluded_segments,
             "other_connections": frames.other_connections,
+        },
+        "connections_opened": {
+            "capture_pass": frames.connections_opened,
+            "trace_pass": result.connections_opened_traced,
         },
         "syscalls": {"service": syscalls(result.service), "restate": syscalls(result.restate)},
     }

@@ -22,7 +22,7 @@ from dbpatterns.frame_counting import (
     restate_peer,
     service_peer,
 )
-from dbpatterns.stack import ServiceProcess
+from dbpatterns.stack import LabError, ServiceProcess
 from tests.conftest import RestateEndpoints
 
 PORT = 9080
@@ -31,11 +31,18 @@ HEADERS, DATA, SETTINGS, PING, WINDOW_UPDATE = "1", "0", "4", "6", "8"
 
 
 def line(
-    t: float, types: str, streams: str, *, to_service: bool, length: int = 50, conn: int = 0
+    t: float,
+    types: str,
+    streams: str,
+    *,
+    to_service: bool,
+    length: int = 50,
+    conn: int = 0,
+    magic: str = "",
 ) -> str:
     """One packet as tshark prints TSHARK_FIELDS: the frames' types and stream ids comma-joined."""
     src, dst = (RESTATE, PORT) if to_service else (PORT, RESTATE)
-    return f"{t}\t{conn}\t{src}\t{dst}\t{length}\t{types}\t{streams}"
+    return f"{t}\t{conn}\t{src}\t{dst}\t{length}\t{types}\t{streams}\t{magic}"
 
 
 def call(t: float, stream: int) -> list[str]:
@@ -257,3 +264,28 @@ def test_real_calls_show_headers_both_ways_and_a_durable_step_costs_frames(
     )
     # The Postgres UPDATE of keyed.update happens in the service, none for the no-op.
     assert by_name["keyed.update"].service.counts[("postgres", "writes")] >= calls
+
+
+def test_a_capture_that_did_not_write_every_packet_fails() -> None:
+    frames.check_complete(
+        "5 packets captured\n10 packets received by filter\n0 packets dropped by kernel"
+    )
+    # A capture stopped before the kernel handed its packets over (no --immediate-mode).
+    with pytest.raises(LabError, match="captured 0 of 182 packets"):
+        frames.check_complete(
+            "0 packets captured\n182 packets received by filter\n0 packets dropped by kernel"
+        )
+    with pytest.raises(LabError, match="3 dropped"):
+        frames.check_complete(
+            "9 packets captured\n18 packets received by filter\n3 packets dropped by kernel"
+        )
+
+
+def test_a_connection_opened_during_the_capture_is_reported() -> None:
+    preface = line(9.99, "", "", to_service=True, length=24, conn=2, magic=r"PRI * HTTP/2.0\r\n")
+    setup = line(10.001, f"{SETTINGS},{WINDOW_UPDATE}", "0,0", to_service=True, conn=2)
+    new = [preface, setup, *(x.replace("\t0\t", "\t2\t", 1) for x in call(10.0, 1))]
+    count = counted([*new, *call(11.0, 3)], TWO_CALLS)
+    assert count.connections_opened == 1
+    assert count.call_streams == 2
+    assert count.traffic[TO_SERVICE].frames["SETTINGS"] == 1
