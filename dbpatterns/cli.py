@@ -394,7 +394,7 @@ def cmd_profile(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_frames(settings: Settings, args: argparse.Namespace) -> int:
-    from dbpatterns import frames
+    from dbpatterns import frames, frames_report
 
     lab = frames.Lab.from_state(settings.home)
     workloads = args.workloads.split(",") if args.workloads else list(frames.WORKLOADS)
@@ -427,8 +427,8 @@ def cmd_frames(settings: Settings, args: argparse.Namespace) -> int:
         "cores": os.cpu_count(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    path = frames.write_results(results, args.out, meta)
-    print("\n" + frames.syscall_table(results))
+    path = frames_report.write_results(results, args.out, meta)
+    print("\n" + frames_report.syscall_table(results))
     print(f"results: {path} (+ frames.md)")
     return 0
 

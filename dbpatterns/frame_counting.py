@@ -15,6 +15,8 @@ Pure functions over text, so that the attribution rules can be tested on crafted
   (``strace -f -ttt -yy``): each syscall counts for the call in whose window it started, under the
   peer of its file descriptor (the connection to restate-server, to Postgres, ...).
 
+``Result`` holds one workload's counts, from which ``frames_report`` makes the tables.
+
 A call's window runs from the moment its request was sent to the moment the next call's was;
 the last one ends when the measurement stopped. The calls are sequential, so whatever one call
 causes happens in its window, late WINDOW_UPDATEs included.
@@ -357,3 +359,34 @@ def count_syscalls(
         count.failed[key] += call.failed
         count.by_name[call.name] += 1
     return count
+
+
+# --- one workload -------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """One workload's counts: the capture pass's frames, the trace pass's syscalls."""
+
+    workload: str
+    calls: int
+    frames: FrameCount
+    service: SyscallCount
+    restate: SyscallCount | None  # None: no restate-server process to trace
+    warmup_calls: int = 0
+    connections_opened_traced: int = 0  # during the strace pass (after its last attempt)
+
+    def frames_per_call(self) -> float:
+        """HTTP/2 frames per call, both directions together."""
+        return sum(sum(t.frames.values()) for t in self.frames.traffic.values()) / self.calls
+
+    def sender_writes(self, direction: str) -> float | None:
+        """Write syscalls per call of the side that sends ``direction``, on this connection."""
+        if direction == TO_RESTATE:
+            return self.service.per_call("restate", "writes")
+        return self.restate.per_call("service", "writes") if self.restate else None
+
+    def receiver_reads(self, direction: str) -> float | None:
+        if direction == TO_SERVICE:
+            return self.service.per_call("restate", "reads")
+        return self.restate.per_call("service", "reads") if self.restate else None

@@ -7,13 +7,14 @@ import shutil
 
 import pytest
 
-from dbpatterns import frames
+from dbpatterns import frames, frames_report
 from dbpatterns.config import Settings
 from dbpatterns.frame_counting import (
     TO_RESTATE,
     TO_SERVICE,
     CountingError,
     FrameCount,
+    Result,
     Windows,
     count_frames,
     count_syscalls,
@@ -206,14 +207,12 @@ def test_each_direction_names_the_writes_of_its_sender_and_the_reads_of_its_rece
 200 10.45 recvfrom(11<TCP:[127.0.0.1:{RESTATE}->127.0.0.1:{PORT}]>, ""..., 8192, 0, NULL, NULL) = 69
 """
     restate = count_syscalls(parse_strace(restate_trace), windows, restate_peer(PORT, 8080))
-    result = frames.Result(
-        "x", 2, counted(call(10.0, 1) + call(11.0, 3), windows), service, restate
-    )
-    assert frames.per_call(result, TO_SERVICE)["writes"] == 0.5  # restate-server's writev
-    assert frames.per_call(result, TO_SERVICE)["reads"] == 1.5  # the service's reads
-    assert frames.per_call(result, TO_RESTATE)["writes"] == 1.5  # the service's writes
-    assert frames.per_call(result, TO_RESTATE)["reads"] == 0.5
-    assert "| `x` | restate>service | 2.00 |" in frames.markdown([result])
+    result = Result("x", 2, counted(call(10.0, 1) + call(11.0, 3), windows), service, restate)
+    assert frames_report.per_call(result, TO_SERVICE)["writes"] == 0.5  # restate-server's writev
+    assert frames_report.per_call(result, TO_SERVICE)["reads"] == 1.5  # the service's reads
+    assert frames_report.per_call(result, TO_RESTATE)["writes"] == 1.5  # the service's writes
+    assert frames_report.per_call(result, TO_RESTATE)["reads"] == 0.5
+    assert "| `x` | restate>service | 2.00 |" in frames_report.markdown([result])
 
 
 # --- the real tools, against the test stack ---------------------------------------------------
