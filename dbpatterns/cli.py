@@ -391,6 +391,7 @@ def cmd_profile(settings: Settings, args: argparse.Namespace) -> int:
     (args.out / f"profile-{args.workload}.md").write_text(text)
     print(text)
     print(f"collapsed stacks: {raw} (+ .md)")
+    return 0
 
 
 def cmd_frames(settings: Settings, args: argparse.Namespace) -> int:
