@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     admin_port: int = 9070
     restate_node_port: int = Field(default=5122, description="restate-server's node fabric.")
     service_port: int = 9080
+    service_server: Literal["hypercorn", "granian"] = Field(
+        default="hypercorn",
+        description="The ASGI server that runs the service (dbpatterns/serve.py); both serve "
+        "one process over HTTP/2 cleartext. hypercorn stays the default until measured otherwise.",
+    )
     restate_nodes: int = Field(
         default=1,
         ge=1,

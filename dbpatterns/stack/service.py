@@ -1,16 +1,17 @@
-"""The service as a child process: hypercorn, one process, HTTP/2 cleartext, with the lab's
-settings in its environment."""
+"""The service as a child process: one process, HTTP/2 cleartext, with the lab's settings in
+its environment; under hypercorn, or granian when ``DBPATTERNS_SERVICE_SERVER=granian``
+(``dbpatterns.serve``)."""
 
 from __future__ import annotations
 
 import os
 import signal
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from dbpatterns import identity
 from dbpatterns.config import PROJECT_ROOT, Settings
+from dbpatterns.serve import hypercorn_argv, serve_argv
 from dbpatterns.stack.processes import (
     ChildProcess,
     LabError,
@@ -31,7 +32,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class ServiceProcess:
-    """The Restate service under hypercorn: one process, HTTP/2 cleartext (h2c)."""
+    """The Restate service under the chosen ASGI server: one process, HTTP/2 cleartext (h2c)."""
 
     def __init__(
         self, settings: Settings, log_path: Path, *, extra_env: Mapping[str, str] | None = None
@@ -42,13 +43,11 @@ class ServiceProcess:
         self.process: ChildProcess | None = None
 
     def argv(self) -> list[str]:
-        s = self.settings
-        return [
-            sys.executable, "-m", "hypercorn", "dbpatterns.app:app",
-            "--bind", f"{s.bind_host}:{s.service_port}",
-            "--workers", "0",
-            "--config", "python:dbpatterns.hypercorn_config",
-        ]  # fmt: skip
+        """hypercorn's own command line; granian through ``dbpatterns.serve``, which runs its
+        embedded server in the process it is (granian's CLI would start two)."""
+        if self.settings.service_server == "granian":
+            return serve_argv()
+        return hypercorn_argv(self.settings)
 
     def start(self, timeout: float = 30.0) -> ChildProcess:
         env = dict(os.environ)
@@ -81,7 +80,7 @@ class ServiceProcess:
         return http_ok(f"{self.settings.service_url}/health")
 
     def stop(self) -> None:
-        # The SDK takes SIGTERM over once it serves; SIGINT is hypercorn's own clean stop.
+        # The SDK takes SIGTERM over once it serves; SIGINT stops either server cleanly.
         if self.process is not None:
             self.process.stop(signal.SIGINT, timeout=15)
 
