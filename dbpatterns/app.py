@@ -1,8 +1,10 @@
-"""The Restate app serving every pattern; the hypercorn entry point is ``dbpatterns.app:app``.
+"""The Restate app serving every pattern; the ASGI entry point is ``dbpatterns.app:app``.
 
-Run it with one worker process (``-w 0``) so the process the lab starts is the process that
-serves, and can be killed, paused and restarted as a whole. hypercorn speaks HTTP/2 cleartext
-with prior knowledge, so restate-server uses a bidirectional streaming connection.
+Serve it in one process (hypercorn ``-w 0``, or ``python -m dbpatterns.serve``, which runs
+hypercorn or granian as ``DBPATTERNS_SERVICE_SERVER`` says), so the process the lab starts is the
+process that serves, and can be killed, paused and restarted as a whole. Both servers speak
+HTTP/2 cleartext with prior knowledge, so restate-server uses a bidirectional streaming
+connection.
 """
 
 from __future__ import annotations
@@ -81,5 +83,6 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
                     await janitor_task
             invoices.use_pool(None)
             await db.close_pool()
+            log.info("dbpatterns service stopped")
             await send({"type": "lifespan.shutdown.complete"})
             return
