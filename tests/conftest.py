@@ -22,7 +22,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -222,6 +223,71 @@ def service(
         svc.stop()
 
 
+@dataclass
+class SideStack:
+    """A restate-server and a service process of their own, beside the session's."""
+
+    settings: Settings
+    restate: RestateServer
+    service: ServiceProcess
+    ingress: Ingress
+    admin: Admin
+
+
+@contextmanager
+def side_stack(
+    settings: Settings,
+    root: Path,
+    *,
+    restate_env: Mapping[str, str] | None = None,
+    **updates: Any,
+) -> Iterator[SideStack]:
+    """A second restate-server (always a local process, the npm binary, whatever the session's
+    backend) and a second service registered to it, on fresh ports, with ``updates`` applied to
+    ``settings``; data and logs under ``root``. A service must not be registered with the
+    session's restate-server instead: the newest deployment would take the session tests' calls.
+    """
+    side = settings.model_copy(
+        update={
+            "ingress_port": free_port(),
+            "admin_port": free_port(),
+            "restate_node_port": free_port(),
+            "service_port": free_port(),
+            **updates,
+        }
+    )
+    restate = RestateServer(side, root / "restate")
+    restate.start(env=restate_env)
+    svc = ServiceProcess(side, root / "logs" / "service.log")
+    try:
+        svc.start()
+        register_deployment(side.admin_url, side.service_url)
+        with Ingress(side.ingress_url) as ingress:
+            admin = Admin(side.admin_url)
+            try:
+                yield SideStack(side, restate, svc, ingress, admin)
+            finally:
+                admin.close()
+    finally:
+        svc.stop()
+        restate.stop()
+
+
+@contextmanager
+def database_of_its_own(database_url: str, prefix: str) -> Iterator[str]:
+    """A fresh database on the session's server, dropped afterwards: its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    base = psycopg.conninfo.conninfo_to_dict(database_url)
+    url = f"postgresql://{base['user']}:{base['password']}@{base['host']}:{base['port']}/{name}"
+    try:
+        yield url
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 @pytest.fixture(scope="session")
 def ingress(service: ServiceProcess, restate_server: RestateEndpoints) -> Iterator[Ingress]:
     with Ingress(restate_server.ingress_url) as client:
@@ -303,11 +369,5 @@ def _required_env(name: str) -> str:
 @pytest.fixture
 def scratch_database(database_url: str) -> Iterator[str]:
     """An empty database of its own on the session's server."""
-    name = f"scratch_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    base = psycopg.conninfo.conninfo_to_dict(database_url)
-    url = f"postgresql://{base['user']}:{base['password']}@{base['host']}:{base['port']}/{name}"
-    yield url
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+    with database_of_its_own(database_url, "scratch") as url:
+        yield url

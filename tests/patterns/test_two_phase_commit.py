@@ -28,7 +28,8 @@ from dbpatterns import failpoints
 from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import Settings
 from dbpatterns.exactly_once.prepared import GID_PREFIX, gid_for, widen_xid
-from dbpatterns.stack import RestateServer, ServiceProcess, free_port, register_deployment
+from dbpatterns.stack import ServiceProcess
+from tests.conftest import side_stack
 from tests.failpoint_checks import assert_fired
 
 SERVICE = "twoPhaseCommit"
@@ -395,32 +396,16 @@ def eager_stack(settings: Settings, service: ServiceProcess) -> Iterator[EagerSt
     process registered to it, on the same database. Its janitor is off: the invocations of
     the session's restate-server are unknown to this one. It is always a local process (the
     npm binary), whatever backend the session's restate-server comes from."""
-    home = settings.home / "eager"
-    eager = settings.model_copy(
-        update={
-            "ingress_port": free_port(),
-            "admin_port": free_port(),
-            "restate_node_port": free_port(),
-            "service_port": free_port(),
-            "janitor_interval": timedelta(0),
-        }
-    )
-    restate = RestateServer(eager, home / "restate")
-    restate.start(
-        env={
+    with side_stack(
+        settings,
+        settings.home / "eager",
+        restate_env={
             "RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT": "0s",
             "RESTATE_LOG_FILTER": "info,restate_invoker=debug",  # logs each attempt
-        }
-    )
-    svc = ServiceProcess(eager, home / "logs" / "service.log")
-    try:
-        svc.start()
-        register_deployment(eager.admin_url, eager.service_url)
-        with Ingress(eager.ingress_url) as client:
-            yield EagerStack(client, restate.log_path)
-    finally:
-        svc.stop()
-        restate.stop()
+        },
+        janitor_interval=timedelta(0),
+    ) as stack:
+        yield EagerStack(stack.ingress, stack.restate.log_path)
 
 
 def attempts_of(restate_log: Path, invocation: str) -> int:
