@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from dbpatterns import bench_compare
 from dbpatterns.config import Settings, get_settings
 from dbpatterns.stack import (
     LabError,
@@ -394,6 +395,23 @@ def cmd_profile(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def side_of(spec: str) -> bench_compare.Side:
+    """``NAME=RUN.json[,RUN.json...]``: one side of ``./lab compare``."""
+    name, sep, files = spec.partition("=")
+    runs = tuple(Path(f) for f in files.split(",") if f)
+    if not sep or not name or not runs:
+        raise LabError(f"not a side: {spec!r}", "write NAME=RUN.json[,RUN.json...]")
+    missing = [str(run) for run in runs if not run.is_file()]
+    if missing:
+        raise LabError(f"no such run: {', '.join(missing)}", "a bench.json that ./lab bench wrote")
+    return bench_compare.Side(name, runs)
+
+
+def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
+    print(bench_compare.markdown(side_of(args.before), side_of(args.after)), end="")
+    return 0
+
+
 def cmd_frames(settings: Settings, args: argparse.Namespace) -> int:
     from dbpatterns import frames, frames_report
 
@@ -495,6 +513,9 @@ def parser() -> argparse.ArgumentParser:
     pf.add_argument("--duration", type=float, default=20.0, help="seconds (default 20)")
     pf.add_argument("--rate", type=int, default=200, help="samples per second (default 200)")
     pf.add_argument("--out", type=Path, default=Path("bench/results"), help="results folder")
+    cp = sub.add_parser("compare", help="two sets of bench runs side by side, as a Markdown table")
+    cp.add_argument("before", help="NAME=RUN.json[,RUN.json...], e.g. hypercorn=a/bench.json")
+    cp.add_argument("after", help="the same for the other side, e.g. granian=b/bench.json")
     fr = sub.add_parser(
         "frames",
         help="HTTP/2 frames, TCP segments and socket syscalls per call between restate-server "
@@ -537,6 +558,7 @@ COMMANDS = {
     "keygen": cmd_keygen,
     "bench": cmd_bench,
     "profile": cmd_profile,
+    "compare": cmd_compare,
     "frames": cmd_frames,
     "node": cmd_node,
 }

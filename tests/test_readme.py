@@ -5,13 +5,32 @@ from __future__ import annotations
 
 import re
 
+from dbpatterns import bench_compare
 from dbpatterns.config import PROJECT_ROOT
+
+#: ``<!-- compare NAME=RUN.json[,...] NAME=RUN.json[,...] -->`` (paths from bench/), the table,
+#: ``<!-- compare:end -->``: a side-by-side table ``./lab compare`` made.
+COMPARISON = re.compile(r"<!-- compare (\S+) (\S+) -->\n(.*?)<!-- compare:end -->", re.S)
 
 
 def test_bench_readme_table_is_the_committed_results_table() -> None:
     readme = (PROJECT_ROOT / "bench" / "README.md").read_text()
     embedded = readme.split("<!-- bench:begin -->\n", 1)[1].split("<!-- bench:end -->", 1)[0]
     assert embedded == (PROJECT_ROOT / "bench" / "results" / "bench.md").read_text()
+
+
+def test_every_comparison_table_recomputes_from_the_runs_it_names() -> None:
+    bench_dir = PROJECT_ROOT / "bench"
+    readme = (bench_dir / "README.md").read_text()
+    tables = COMPARISON.findall(readme)
+    assert len(tables) >= 2, "the server before/after and the TypeScript side by side"
+
+    def side(spec: str) -> bench_compare.Side:
+        name, _, runs = spec.partition("=")
+        return bench_compare.Side(name, tuple(bench_dir / run for run in runs.split(",")))
+
+    for before, after, table in tables:
+        assert table == bench_compare.markdown(side(before), side(after)), f"{before} {after}"
 
 
 def test_every_relative_link_of_every_readme_leads_to_a_file() -> None:
