@@ -7,4 +7,4 @@ COPY migrations ./migrations
 COPY db ./db
 RUN pip install --no-cache-dir -e .
 EXPOSE 9080
-CMD ["python", "-m", "hypercorn", "dbpatterns.app:app", "--bind", "0.0.0.0:9080", "--workers", "0", "--config", "python:dbpatterns.hypercorn_config"]
+CMD ["python", "-m", "dbpatterns.serve"]

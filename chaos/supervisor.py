@@ -5,8 +5,8 @@ ports, in a temporary folder:
 
 * PostgreSQL, migrated; restate-server with short timeouts (``CHAOS_RESTATE_ENV``), so a hung
   attempt is given up in seconds, not minutes;
-* two service processes ("slots"), each a hypercorn process on its own port, both reading the
-  same failpoint control file;
+* two service processes ("slots"), each one process (``dbpatterns.serve``) on its own port,
+  both reading the same failpoint control file;
 * a ``SwitchableProxy`` in front of them, registered as the deployment URI. One slot is active
   (the proxy's target); the other is a warm standby.
 

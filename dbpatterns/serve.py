@@ -1,6 +1,9 @@
 """Serve the app under the ASGI server the settings choose: ``python -m dbpatterns.serve``.
 
-``DBPATTERNS_SERVICE_SERVER`` picks ``hypercorn`` (the default) or ``granian``. Either way the
+``DBPATTERNS_SERVICE_SERVER`` picks ``granian`` (the default) or ``hypercorn``. granian is the
+default because it was measured faster in one sitting on the same stack: its HTTP/2 is written
+in Rust, where hypercorn frames in Python and writes each frame with its own ``send()``, which
+cost both the service and restate-server CPU on every call (bench/README.md). Either way the
 guarantees the lab builds on hold:
 
 * **One process serves.** The chaos harness SIGKILLs, SIGSTOPs and restarts the process it

@@ -160,8 +160,11 @@ def test_service_runs_like_the_embedded_one_against_the_compose_database(
     svc = compose["services"]["service"]
     embedded = ServiceProcess(defaults, Path("/dev/null")).argv()
     expected = ["python", *embedded[1:]]
-    expected[expected.index("--bind") + 1] = f"0.0.0.0:{defaults.service_port}"
     assert svc["command"] == expected
+    # The command reads host and port from the settings: every interface, the default port.
+    assert svc["environment"]["DBPATTERNS_BIND_HOST"] == "0.0.0.0"
+    assert "DBPATTERNS_SERVICE_PORT" not in svc["environment"]
+    assert svc["ports"] == [f"127.0.0.1:{defaults.service_port}:{defaults.service_port}"]
     dockerfile_cmd = next(
         line
         for line in (PROJECT_ROOT / "Dockerfile").read_text().splitlines()

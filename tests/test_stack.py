@@ -26,7 +26,8 @@ from dbpatterns import migrate
 from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import Settings
 from dbpatterns.schema import metadata
-from dbpatterns.stack import LabError, ServiceProcess, Stack, find_pg_bin_dir, free_port, pid_alive
+from dbpatterns.serve import hypercorn_argv
+from dbpatterns.stack import LabError, Stack, find_pg_bin_dir, free_port, pid_alive
 
 
 def tables(url: str) -> set[str]:
@@ -266,8 +267,8 @@ def test_up_twice_reuses_data_and_ctrl_c_leaves_no_process_behind(lab: LabProces
 def test_the_service_keeps_restates_connection_open_past_a_thousand_calls() -> None:
     """hypercorn closes an HTTP/2 connection after 1,000 requests by default: every stream in
     flight breaks and Restate retries it (measured: keyed.update on a hot key then duplicated,
-    p99 10 s). The service must run with that limit lifted."""
-    argv = ServiceProcess(Settings.model_construct(), Path("/dev/null")).argv()
+    p99 10 s). When hypercorn serves, it must run with that limit lifted."""
+    argv = hypercorn_argv(Settings.model_construct())
     module = argv[argv.index("--config") + 1].removeprefix("python:")
     config = HypercornConfig.from_object(module)
     assert config.keep_alive_max_requests >= 2**40

@@ -11,7 +11,7 @@ wrapper scripts in between), so it can be stopped, killed or paused as a whole:
   timeouts (``RestateTuning``), its data under the working folder.
 * ``RestateCluster`` runs several of them as one Restate cluster instead (``./lab up --nodes 3``):
   replicated metadata and log, any one node may fail, each node's ingress takes calls.
-* ``ServiceProcess`` runs the service under hypercorn, one process, HTTP/2 cleartext.
+* ``ServiceProcess`` runs the service under granian (or hypercorn), one process, HTTP/2 cleartext.
 
 Every failure a user can act on (a missing binary, a busy port, a part that does not come up)
 is a ``LabError`` carrying what went wrong and what to do.

@@ -1,5 +1,5 @@
 """The service as a child process: one process, HTTP/2 cleartext, with the lab's settings in
-its environment; under hypercorn, or granian when ``DBPATTERNS_SERVICE_SERVER=granian``
+its environment; under granian, or hypercorn when ``DBPATTERNS_SERVICE_SERVER=hypercorn``
 (``dbpatterns.serve``)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dbpatterns import identity
 from dbpatterns.config import PROJECT_ROOT, Settings
-from dbpatterns.serve import hypercorn_argv, serve_argv
+from dbpatterns.serve import serve_argv
 from dbpatterns.stack.processes import (
     ChildProcess,
     LabError,
@@ -43,11 +43,9 @@ class ServiceProcess:
         self.process: ChildProcess | None = None
 
     def argv(self) -> list[str]:
-        """hypercorn's own command line; granian through ``dbpatterns.serve``, which runs its
-        embedded server in the process it is (granian's CLI would start two)."""
-        if self.settings.service_server == "granian":
-            return serve_argv()
-        return hypercorn_argv(self.settings)
+        """``python -m dbpatterns.serve``: it runs granian's embedded server in the process it
+        is (granian's CLI would start two), or becomes hypercorn through ``exec``."""
+        return serve_argv()
 
     def start(self, timeout: float = 30.0) -> ChildProcess:
         env = dict(os.environ)
