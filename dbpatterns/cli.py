@@ -365,6 +365,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         "duration": args.duration,
         "load": args.load,
         "service": "the lab's" if not args.service_pid else f"another process ({args.service_pid})",
+        "service_server": None if args.service_pid else served_by(settings.home),
         "concurrencies": concurrencies,
         "cores": os.cpu_count(),
         "pool_size": settings.pool_size,
@@ -405,6 +406,12 @@ def side_of(spec: str) -> bench_compare.Side:
     if missing:
         raise LabError(f"no such run: {', '.join(missing)}", "a bench.json that ./lab bench wrote")
     return bench_compare.Side(name, runs)
+
+
+def served_by(home: Path) -> str | None:
+    """The ASGI server the running lab's service was started with (its state file)."""
+    state = read_state(home)
+    return state["parts"]["service"].get("server") if state else None
 
 
 def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:

@@ -176,7 +176,11 @@ class Stack:
                     "pid": pids.get("postgres"),
                 },
                 **restate,
-                "service": {"address": s.service_url, "pid": pids.get("service")},
+                "service": {
+                    "address": s.service_url,
+                    "pid": pids.get("service"),
+                    "server": s.service_server,
+                },
             },
         }
         if self.cluster:
