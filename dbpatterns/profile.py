@@ -6,10 +6,16 @@ stacks (``profile-<workload>.txt``, the input of any flame graph tool) and summa
 the sampled frame is, on its own (self time): HTTP/2 framing, hypercorn, the Restate SDK,
 psycopg, logging, the lab's own code, and asyncio with its socket calls; then the busiest lines.
 Threads of a thread pool waiting for work, which py-spy can mistake for busy ones, are dropped.
+
+py-spy sees Python frames only. Beside it, the CPU each thread of the service used over the
+sampled window is read from ``/proc/<pid>/task`` and divided by the calls the load made in that
+window (its mean rate times the window): that is where granian's HTTP/2 work, done by threads
+that run no Python, shows up.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +23,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dbpatterns import bench, wrkload
@@ -43,6 +49,25 @@ class Profile:
     samples: int
     by_component: dict[str, int]
     top_lines: list[tuple[str, int]]
+    #: CPU ms per call by thread name over the sampled window (empty: not measured).
+    threads_ms_per_call: dict[str, float] = field(default_factory=dict)
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) the live threads of ``pid`` have used, summed by thread
+    name; the thread that runs the event loop (the process's first) is named ``main``."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:
+            continue  # the thread ended meanwhile
+        name = "main" if task.name == str(pid) else stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state) on
+        utime, stime = int(fields[11]), int(fields[12])
+        used[name] = used.get(name, 0.0) + (utime + stime) / ticks
+    return used
 
 
 def component(frame: str) -> str:
@@ -78,6 +103,15 @@ def markdown(profile: Profile, title: str) -> str:
     out += [f"| {name} | {n / share:.1%} |" for name, n in profile.by_component.items()]
     out += ["", "| busiest lines | share |", "| --- | --- |"]
     out += [f"| `{leaf}` | {n / share:.1%} |" for leaf, n in profile.top_lines]
+    if profile.threads_ms_per_call:
+        total = sum(profile.threads_ms_per_call.values())
+        out += [
+            "",
+            "| thread (from /proc, the sampled window) | CPU ms per call |",
+            "| --- | --- |",
+        ]
+        out += [f"| {name} | {ms:.2f} |" for name, ms in profile.threads_ms_per_call.items()]
+        out += [f"| all | {total:.2f} |"]
     return "\n".join(out) + "\n"
 
 
@@ -112,12 +146,14 @@ def record(
     load.start()
     try:
         time.sleep(2)  # past the load's start
+        cpu_before, window_start = thread_cpu(service[0]), time.monotonic()
         sampled = subprocess.run(
             [py_spy, "record", "--pid", str(service[0]), "--rate", str(rate),
              "--duration", str(int(duration - 4)), "--format", "raw", "--output", str(raw),
              "--nonblocking"],
             capture_output=True, text=True, timeout=duration + 60,
         )  # fmt: skip
+        cpu_after, window = thread_cpu(service[0]), time.monotonic() - window_start
     finally:
         load.join()
     if sampled.returncode != 0 or not raw.exists():
@@ -126,4 +162,10 @@ def record(
         raise LabError("the load did not finish")
     with raw.open() as stacks:
         profile = summarise(stacks)
+    calls = result[0].ok / result[0].elapsed * window
+    if calls > 0:
+        used = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
+        profile.threads_ms_per_call = {
+            name: 1000 * s / calls for name, s in sorted(used.items(), key=lambda kv: -kv[1])
+        }
     return profile, result[0], raw
