@@ -42,6 +42,9 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("asyncio and socket calls", ("asyncio/", "selectors.py", "socket.py")),
 )
 IDLE_WORKER = "concurrent/futures/thread.py:81"  # a pool thread blocked on its queue
+#: A sample of a thread with no Python frame: native code on a thread Python knows (granian's
+#: Rust threads, which take the GIL to hand requests to the event loop).
+NATIVE = "(no Python frame: native code)"
 
 
 @dataclass
@@ -71,6 +74,8 @@ def thread_cpu(pid: int) -> dict[str, float]:
 
 
 def component(frame: str) -> str:
+    if frame == NATIVE:
+        return "native code (granian's threads)"
     for name, markers in COMPONENTS:
         if any(m in frame for m in markers):
             return name
@@ -86,7 +91,7 @@ def summarise(collapsed: Iterable[str], top: int = 12) -> Profile:
         if not line.strip():
             continue
         stack, count = line.rstrip("\n").rsplit(" ", 1)
-        leaf = stack.split(";")[-1]
+        leaf = stack.split(";")[-1] or NATIVE
         if IDLE_WORKER in leaf:
             continue
         n = int(count)
