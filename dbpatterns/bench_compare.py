@@ -1,4 +1,4 @@
-"""Two sets of benchmark runs side by side: ``./lab compare BEFORE.json ... -- AFTER.json ...``.
+"""Two sets of benchmark runs side by side: ``./lab compare NAME=RUN.json,... NAME=RUN.json,...``.
 
 A change is adopted on a before/after table, and the lab is held against another implementation
 of the same handlers on a side-by-side one; both come from this module, out of committed

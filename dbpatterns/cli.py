@@ -419,6 +419,17 @@ def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_costs(settings: Settings, args: argparse.Namespace) -> int:
+    from dbpatterns import costs_report
+
+    missing = [str(p) for p in (args.bench, args.frames) if not p.is_file()]
+    if missing:
+        raise LabError(f"no such file: {', '.join(missing)}", "`./lab bench`, `./lab frames`")
+    table = costs_report.markdown(args.bench, args.frames, args.concurrency, args.distribution)
+    print(table, end="")
+    return 0
+
+
 def cmd_frames(settings: Settings, args: argparse.Namespace) -> int:
     from dbpatterns import frames, frames_report
 
@@ -523,6 +534,13 @@ def parser() -> argparse.ArgumentParser:
     cp = sub.add_parser("compare", help="two sets of bench runs side by side, as a Markdown table")
     cp.add_argument("before", help="NAME=RUN.json[,RUN.json...], e.g. hypercorn=a/bench.json")
     cp.add_argument("after", help="the same for the other side, e.g. granian=b/bench.json")
+    co = sub.add_parser(
+        "costs", help="what one call of each pattern costs: a bench run beside a frames run"
+    )
+    co.add_argument("--bench", type=Path, default=Path("bench/results/bench.json"))
+    co.add_argument("--frames", type=Path, default=Path("bench/results/frames.json"))
+    co.add_argument("--concurrency", type=int, default=64, help="the bench row (default 64)")
+    co.add_argument("--distribution", default="spread", help="spread or hot (default spread)")
     fr = sub.add_parser(
         "frames",
         help="HTTP/2 frames, TCP segments and socket syscalls per call between restate-server "
@@ -566,6 +584,7 @@ COMMANDS = {
     "bench": cmd_bench,
     "profile": cmd_profile,
     "compare": cmd_compare,
+    "costs": cmd_costs,
     "frames": cmd_frames,
     "node": cmd_node,
 }
