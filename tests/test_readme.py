@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from dbpatterns import bench_compare
+from dbpatterns import bench_compare, costs_report
 from dbpatterns.config import PROJECT_ROOT
 
 #: ``<!-- compare NAME=RUN.json[,...] NAME=RUN.json[,...] -->`` (paths from bench/), the table,
@@ -31,6 +31,16 @@ def test_every_comparison_table_recomputes_from_the_runs_it_names() -> None:
 
     for before, after, table in tables:
         assert table == bench_compare.markdown(side(before), side(after)), f"{before} {after}"
+
+
+def test_the_cost_per_call_table_is_the_committed_bench_run_beside_the_frames_run() -> None:
+    bench_dir = PROJECT_ROOT / "bench"
+    readme = (bench_dir / "README.md").read_text()
+    embedded = readme.split("<!-- costs -->\n", 1)[1].split("<!-- costs:end -->", 1)[0]
+    results = bench_dir / "results"
+    assert embedded == costs_report.markdown(
+        results / "bench.json", results / "frames.json", concurrency=64, distribution="spread"
+    )
 
 
 def test_every_relative_link_of_every_readme_leads_to_a_file() -> None:
