@@ -15,25 +15,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-#: The workloads of the table, in the order a reader meets them.
-WORKLOADS = (
-    "baseline.noop",
-    "simple.read",
-    "simple.durableRead",
-    "keyed.update",
-    "keyed.updateConditional",
-    "idempotency.update",
-    "twoPhaseCommit.update",
-)
+from dbpatterns.bench_compare import load_rows
+from dbpatterns.frames import WORKLOADS  # the table's rows: what ./lab frames counts, in order
+
 TO_SERVICE, FROM_SERVICE = "restate>service", "service>restate"
 
 
 def markdown(bench_json: Path, frames_json: Path, concurrency: int, distribution: str) -> str:
     """The table; a workload missing from either file is left out."""
     bench_rows = {
-        r["workload"]: r
-        for r in json.loads(bench_json.read_text())["results"]
-        if r["concurrency"] == concurrency and r["distribution"] == distribution
+        workload: row
+        for (workload, dist, c), row in load_rows(bench_json).items()
+        if (dist, c) == (distribution, concurrency)
     }
     frames = json.loads(frames_json.read_text())["results"]
     frame_rows = {r["workload"]: r["per_call"] for r in frames}
