@@ -1,34 +1,45 @@
 """Exactly-once PostgreSQL writes from Restate handlers: three patterns, one import.
 
-* ``versioned_update``: a durable read of the state and its version, then a write conditioned
-  on that version. Exactly once while every write of the row goes through one virtual object
-  key. No table of its own; one more round trip than a plain UPDATE.
-* ``idempotent_transaction``: the caller's work in one transaction with the invocation's token
-  and its result. Exactly once whoever else writes the rows. Needs a token table and a private
-  expiry handler (``IdempotencyTokens``).
+* ``idempotent_transaction``: the caller's work in one transaction with the call's token and its
+  result. At most once whoever else writes the rows, and every answer is final: a result means
+  committed once, an error means never. Needs a token table and a private expiry handler
+  (``IdempotencyTokens``); a call must commit within the tokens' TTL.
 * ``prepared_transaction``: the caller's work PREPAREd in one durable step, COMMIT PREPARED in
-  the next, rolled back on failure and cancellation. Exactly once, or not at all; needs
-  ``max_prepared_transactions`` > 0, a results table and a janitor for killed invocations.
+  the next, rolled back on failure and cancellation. Needs ``max_prepared_transactions`` > 0, a
+  results table and a janitor for killed invocations (``janitor``).
+* ``versioned_update``: a durable read of the state and its version, then a write conditioned
+  on that version that marks the row with the call. Exactly once while every write of the row
+  goes through one virtual object key; a write that lost the row fails instead. No table of its
+  own; a ``written_by`` column on yours.
 
-Each takes the caller's psycopg async pool and returns the caller's typed result (a pydantic
-model, a dataclass or a JSON value), journaled with its type. Each module opens with its
-guarantee and the failure windows it closes. Tables: ``dbpatterns.exactly_once.schema``.
+Each takes the caller's psycopg async pool and returns ``Done(result, call_id)``: the work's
+typed result as committed (a pydantic model, a dataclass or a JSON value, ``None`` included)
+and the id the database records the call under. Each handler may call them several times, one
+after another or at once. Each module opens with its guarantee, what each answer means under
+retry, zombie, cancel and kill, and the failure windows it closes. Tables:
+``dbpatterns.exactly_once.schema``. PostgreSQL 13 or newer.
 """
 
 from dbpatterns.exactly_once._types import Connection, Pool
+from dbpatterns.exactly_once.calls import Done, Retry
 from dbpatterns.exactly_once.errors import database_errors
-from dbpatterns.exactly_once.idempotent import IdempotencyTokens, Once, idempotent_transaction
+from dbpatterns.exactly_once.idempotent import idempotent_transaction
+from dbpatterns.exactly_once.janitor import RestateAdmin, run_janitor
 from dbpatterns.exactly_once.prepared import prepared_transaction
-from dbpatterns.exactly_once.versioned import Versioned, versioned_update
+from dbpatterns.exactly_once.tokens import IdempotencyTokens
+from dbpatterns.exactly_once.versioned import Marked, versioned_update
 
 __all__ = [
     "Connection",
+    "Done",
     "IdempotencyTokens",
-    "Once",
+    "Marked",
     "Pool",
-    "Versioned",
+    "RestateAdmin",
+    "Retry",
     "database_errors",
     "idempotent_transaction",
     "prepared_transaction",
+    "run_janitor",
     "versioned_update",
 ]

@@ -1,9 +1,12 @@
 """The two tables the library writes, for Alembic (autogenerate or a hand-written migration)
 or as plain DDL.
 
-* The **token table** of ``idempotent_transaction``: one row per invocation that committed its
-  work, holding the work's result, written in the same transaction as the work. Rows expire
-  (``IdempotencyTokens``); ``created_at`` is indexed for that sweep.
+* The **token table** of ``idempotent_transaction``: one row per call, written in the same
+  transaction as its work: ``outcome`` ``committed`` with the work's ``result`` (JSON; ``null``
+  is a result like any other); or, for a call that ended without committing (a terminal error,
+  a cancellation), ``failed``, which keeps every later attempt of that call from running its
+  work. Each row carries its own expiry, ``expires_at``, indexed for the sweep that deletes the
+  expired ones: services with different TTLs can share one table.
 * The **prepared-results table** of ``prepared_transaction``: the work's result, written inside
   the prepared transaction and so committed with it; ``COMMIT PREPARED``'s step reads it back.
   Rows are swept by ``sweep_prepared_results`` once older than a retention you choose.
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Index, MetaData, Table, Text, func
+from sqlalchemy import CheckConstraint, Column, DateTime, Index, MetaData, Table, Text, func
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -24,11 +27,25 @@ TOKENS = "exactly_once_tokens"
 PREPARED_RESULTS = "exactly_once_prepared_results"
 
 
+#: A token's ``outcome``: its call's work committed, or the call ended without it.
+COMMITTED = "committed"
+FAILED = "failed"
+
+
 def _token_columns() -> list[Column[Any]]:
     return [
         Column("id", Text, primary_key=True),
         Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+        Column("outcome", Text, nullable=False),
         Column("result", postgresql.JSONB, nullable=True),
+    ]
+
+
+def _token_constraints(name: str) -> list[Any]:
+    return [
+        CheckConstraint(f"outcome IN ('{COMMITTED}', '{FAILED}')", name=f"ck_{name}_outcome"),
+        Index(f"ix_{name}_expires_at", "expires_at"),
     ]
 
 
@@ -41,8 +58,9 @@ def _result_columns() -> list[Column[Any]]:
 
 
 def token_table(metadata: MetaData, name: str = TOKENS) -> Table:
-    """``(id text primary key, created_at timestamptz, result jsonb)``, indexed on created_at."""
-    return Table(name, metadata, *_token_columns(), Index(f"ix_{name}_created_at", "created_at"))
+    """``(id text primary key, created_at, expires_at timestamptz, outcome text, result jsonb)``,
+    indexed on expires_at."""
+    return Table(name, metadata, *_token_columns(), *_token_constraints(name))
 
 
 def prepared_results_table(metadata: MetaData, name: str = PREPARED_RESULTS) -> Table:
@@ -67,9 +85,10 @@ def ddl(tokens: str = TOKENS, results: str = PREPARED_RESULTS) -> str:
 
 def create_tables(op: Any, tokens: str = TOKENS, results: str = PREPARED_RESULTS) -> None:
     """In an Alembic migration's ``upgrade()``: ``create_tables(op)``."""
-    for name, columns in ((tokens, _token_columns()), (results, _result_columns())):
-        op.create_table(name, *columns)
-        op.create_index(f"ix_{name}_created_at", name, ["created_at"])
+    op.create_table(tokens, *_token_columns(), *_token_constraints(tokens)[:1])
+    op.create_index(f"ix_{tokens}_expires_at", tokens, ["expires_at"])
+    op.create_table(results, *_result_columns())
+    op.create_index(f"ix_{results}_created_at", results, ["created_at"])
 
 
 def drop_tables(op: Any, tokens: str = TOKENS, results: str = PREPARED_RESULTS) -> None:
