@@ -18,7 +18,7 @@ import restate
 
 from dbpatterns import db, failpoints, janitor
 from dbpatterns.config import get_settings
-from dbpatterns.examples import invoices
+from dbpatterns.examples import invoices, shapes
 from dbpatterns.patterns import SERVICES
 
 Scope = dict[str, Any]
@@ -64,7 +64,8 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
                 failpoints.check_settings(get_settings())
                 failpoints.install_library_hook(get_settings())
                 await db.open_pool()  # reads and validates the settings: a bad one stops the start
-                invoices.use_pool(db.pool())  # the example service shares the lab's pool
+                invoices.use_pool(db.pool())  # the example services share the lab's pool
+                shapes.use_pool(db.pool())
             except Exception as exc:
                 log.error("the service refuses to start: %s", exc)
                 await send({"type": "lifespan.startup.failed", "message": repr(exc)})
@@ -82,6 +83,7 @@ async def app(scope: Scope, receive: Any, send: Any) -> None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await janitor_task
             invoices.use_pool(None)
+            shapes.use_pool(None)
             await db.close_pool()
             log.info("dbpatterns service stopped")
             await send({"type": "lifespan.shutdown.complete"})

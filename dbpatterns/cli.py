@@ -284,9 +284,9 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_janitor(settings: Settings, args: argparse.Namespace) -> int:
     import time
+    import urllib.error
     from datetime import timedelta
 
-    import httpx
     import psycopg
 
     from dbpatterns import janitor
@@ -295,7 +295,7 @@ def cmd_janitor(settings: Settings, args: argparse.Namespace) -> int:
     while True:
         try:
             verdicts = janitor.sweep(settings, grace=grace, dry_run=args.dry_run)
-        except (httpx.HTTPError, psycopg.OperationalError) as exc:
+        except (urllib.error.URLError, OSError, psycopg.OperationalError) as exc:
             raise LabError(
                 f"cannot sweep prepared transactions: {exc}",
                 "is the lab up (`./lab status`)? The janitor needs Postgres and Restate's "
@@ -304,7 +304,8 @@ def cmd_janitor(settings: Settings, args: argparse.Namespace) -> int:
         for verdict in verdicts:
             print(verdict, flush=True)
         if not verdicts:
-            print("no prepared transactions of twoPhaseCommit", flush=True)
+            prefixes = ", ".join(janitor.PREFIXES)
+            print(f"no prepared transactions of the lab's ({prefixes})", flush=True)
         if args.once:
             return 0
         try:

@@ -110,7 +110,9 @@ class Settings(BaseSettings):
         default=10000, ge=0, description="A zombie transaction cannot hold its locks for longer."
     )
     idempotency_token_ttl: timedelta = Field(
-        default=timedelta(days=1), description="How long idempotency.update keeps its token."
+        default=timedelta(days=1),
+        description="idempotency.update's deadline: a call commits within it or fails (504); "
+        "its token is kept as long again.",
     )
     janitor_interval: timedelta = Field(
         default=timedelta(seconds=30),

@@ -33,6 +33,7 @@ users = Table(
     Column("address", Text, nullable=False),
     Column("credits", BigInteger, nullable=False, server_default=text("0")),
     Column("version", BigInteger, nullable=False, server_default=text("0")),
+    Column("written_by", Text, nullable=True),  # keyed.updateConditional's mark
     CheckConstraint("credits >= 0", name="users_credits_not_negative"),
 )
 
@@ -49,6 +50,7 @@ invoices = Table(
     Column("amount_due", BigInteger, nullable=False),
     Column("paid", BigInteger, nullable=False, server_default=text("0")),
     Column("version", BigInteger, nullable=False, server_default=text("0")),
+    Column("written_by", Text, nullable=True),  # invoice.pay's mark
     CheckConstraint("amount_due > 0", name="invoices_amount_due_positive"),
     CheckConstraint("paid >= 0 AND paid <= amount_due", name="invoices_not_overpaid"),
 )
@@ -61,3 +63,25 @@ invoice_payments = Table(
     Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_invoice_payments_invoice_id", "invoice_id"),
 )
+
+# The shapes example's tables (``dbpatterns.examples.shapes``).
+shapes_accounts = Table(
+    "shapes_accounts",
+    metadata,
+    Column("account_id", Text, primary_key=True),
+    Column("balance", BigInteger, nullable=False, server_default=text("0")),
+    Column("version", BigInteger, nullable=False, server_default=text("0")),
+    Column("written_by", Text, nullable=True),
+    CheckConstraint("balance >= 0", name="shapes_accounts_balance_not_negative"),
+)
+shapes_entries = Table(
+    "shapes_entries",
+    metadata,
+    Column("entry_id", BigInteger, Identity(), primary_key=True),
+    Column("account_id", Text, ForeignKey("shapes_accounts.account_id"), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_shapes_entries_account_id", "account_id"),
+)
+shapes_tokens = token_table(metadata, "shapes_tokens")
+shapes_prepared_results = prepared_results_table(metadata, "shapes_prepared_results")

@@ -13,8 +13,12 @@ each handler makes it happen once per call:
 * ``invoices/payTwoPhase`` (``prepared_transaction``): the payment is PREPAREd in one durable
   step and committed in the next; a failure or a cancellation rolls it back.
 * ``invoice/<id>/pay`` (``versioned_update``, a virtual object keyed by invoice): a journaled
-  read of ``(paid, version)``, then a write conditioned on that version. Correct as long as
-  every payment of the invoice goes through this object.
+  read of ``(paid, version)``, then a write conditioned on that version, which marks the row
+  with the call (``written_by``). Correct as long as every payment of the invoice goes through
+  this object; a payment that lost the row to another writer fails with 409 instead.
+
+Each answers with the invoice after the payment, as committed, and the payment's id (the call id
+the library records it under: its token, its prepared transaction, the invoice's mark).
 
 An unknown invoice is a 404, a payment beyond the amount due a 409 (the table's check
 constraint refuses it), a malformed request a 400: none of them changes anything.
@@ -116,7 +120,8 @@ _ANSWER = ConfigDict(
 
 
 class Invoice(BaseModel):
-    """An invoice after a payment: what is paid, what is still due, and its count of payments."""
+    """An invoice after a payment: what is paid, what is still due, its count of payments, and
+    the mark of the payment through the object that wrote it last (``written_by``)."""
 
     model_config = _ANSWER
 
@@ -124,16 +129,16 @@ class Invoice(BaseModel):
     amount_due: int
     paid: int
     version: int
+    written_by: str | None = None
 
 
 class Paid(BaseModel):
-    """``recorded``: whether this attempt recorded the payment (false: an earlier attempt of
-    the call did, and ``invoice`` is what it left)."""
+    """The invoice after the payment, as committed, and the payment's id."""
 
     model_config = _ANSWER
 
-    recorded: bool
     invoice: Invoice
+    payment: str
 
 
 class Created(BaseModel):
@@ -179,27 +184,35 @@ CREATE = """
     INSERT INTO invoices (invoice_id, amount_due) VALUES (%s, %s)
     ON CONFLICT (invoice_id) DO NOTHING RETURNING invoice_id
 """
-SELECT = "SELECT invoice_id, amount_due, paid, version FROM invoices WHERE invoice_id = %s"
+SELECT = """
+    SELECT invoice_id, amount_due, paid, version, written_by FROM invoices WHERE invoice_id = %s
+"""
 ADD_PAYMENT = """
     UPDATE invoices SET paid = paid + %(amount)s, version = version + 1
     WHERE invoice_id = %(invoice_id)s
-    RETURNING invoice_id, amount_due, paid, version
+    RETURNING invoice_id, amount_due, paid, version, written_by
 """
 SET_PAID_IF_VERSION = """
-    UPDATE invoices SET paid = %(paid)s, version = %(version)s
+    UPDATE invoices SET paid = %(paid)s, version = %(version)s, written_by = %(mark)s
     WHERE invoice_id = %(invoice_id)s AND version = %(seen_version)s
-    RETURNING invoice_id
+    RETURNING invoice_id, amount_due, paid, version, written_by
 """
 LOG_PAYMENT = "INSERT INTO invoice_payments (invoice_id, amount) VALUES (%s, %s)"
 
 Connection = psycopg.AsyncConnection[Any]
 
 
+def _invoice(row: tuple[Any, ...]) -> Invoice:
+    return Invoice(
+        invoice_id=row[0], amount_due=row[1], paid=row[2], version=row[3], written_by=row[4]
+    )
+
+
 async def fetch(conn: Connection, invoice_id: str) -> Invoice:
     row = await (await conn.execute(SELECT, (invoice_id,))).fetchone()
     if row is None:
         raise invoice_not_found(invoice_id)
-    return Invoice(invoice_id=row[0], amount_due=row[1], paid=row[2], version=row[3])
+    return _invoice(row)
 
 
 async def record_payment(conn: Connection, invoice_id: str, amount: int) -> Invoice:
@@ -209,7 +222,7 @@ async def record_payment(conn: Connection, invoice_id: str, amount: int) -> Invo
     if row is None:
         raise invoice_not_found(invoice_id)
     await conn.execute(LOG_PAYMENT, (invoice_id, amount))
-    return Invoice(invoice_id=row[0], amount_due=row[1], paid=row[2], version=row[3])
+    return _invoice(row)
 
 
 # --- the handlers ------------------------------------------------------------------------------
@@ -228,7 +241,7 @@ async def create(ctx: restate.Context, body: bytes) -> Created:
 async def pay(ctx: restate.Context, body: bytes) -> Paid:
     """Record a payment exactly once: in one transaction with the call's token."""
     req = parse(PaymentRequest, body)
-    once = await idempotent_transaction(
+    done = await idempotent_transaction(
         ctx,
         pool(),
         lambda conn: record_payment(conn, req.invoice_id, req.amount),
@@ -236,21 +249,21 @@ async def pay(ctx: restate.Context, body: bytes) -> Paid:
         result_type=Invoice,
         step="record payment",
     )
-    return Paid(recorded=once.first, invoice=once.result)
+    return Paid(invoice=done.result, payment=done.call_id)
 
 
 @invoices.handler(name="payTwoPhase", input_serde=BytesSerde())
 async def pay_two_phase(ctx: restate.Context, body: bytes) -> Paid:
     """Record a payment exactly once, or not at all: PREPARE, then COMMIT PREPARED."""
     req = parse(PaymentRequest, body)
-    after = await prepared_transaction(
+    done = await prepared_transaction(
         ctx,
         pool(),
         lambda conn: record_payment(conn, req.invoice_id, req.amount),
         result_type=Invoice,
         prepare_step="record payment, PREPARE TRANSACTION",
     )
-    return Paid(recorded=True, invoice=after)
+    return Paid(invoice=done.result, payment=done.call_id)
 
 
 _KEY = TypeAdapter(InvoiceId)
@@ -275,18 +288,20 @@ async def pay_through_object(ctx: restate.ObjectContext, body: bytes) -> Paid:
     invoice_id = invoice_key(ctx)
     amount = parse_amount(body)
 
-    async def write_if_unchanged(conn: Connection, seen: Invoice) -> bool:
+    async def write_if_unchanged(conn: Connection, seen: Invoice, mark: str) -> Invoice | None:
         params = {
             "invoice_id": invoice_id,
             "paid": seen.paid + amount,
             "version": seen.version + 1,
+            "mark": mark,
             "seen_version": seen.version,
         }
         async with conn.transaction():  # two statements: one transaction on any pool
-            if await (await conn.execute(SET_PAID_IF_VERSION, params)).fetchone() is None:
-                return False
+            row = await (await conn.execute(SET_PAID_IF_VERSION, params)).fetchone()
+            if row is None:
+                return None
             await conn.execute(LOG_PAYMENT, (invoice_id, amount))
-            return True
+        return _invoice(row)
 
     done = await versioned_update(
         ctx,
@@ -297,9 +312,7 @@ async def pay_through_object(ctx: restate.ObjectContext, body: bytes) -> Paid:
         read_step="read invoice",
         write_step="record payment if version unchanged",
     )
-    seen = done.seen
-    after = seen.model_copy(update={"paid": seen.paid + amount, "version": seen.version + 1})
-    return Paid(recorded=done.written, invoice=after)
+    return Paid(invoice=done.result, payment=done.call_id)
 
 
 @invoice.handler(name="get", kind="shared")

@@ -1,10 +1,12 @@
 """idempotency: exactly-once credit updates through a token written in the same transaction.
 
 Guarantee: ``update`` adds the credits exactly once per invocation, whatever crashes, retries or
-zombie attempts happen, and whoever else writes the row.
+zombie attempts happen, and whoever else writes the row; an error answer (a 404, a
+cancellation, the deadline passed) means the credits were not added and never will be.
 
-How (``dbpatterns.exactly_once.idempotent_transaction``): the handler takes a token from
-Restate (``ctx.uuid()``: random, but the same on every attempt of the invocation) and, in ONE
+How (``dbpatterns.exactly_once.idempotent_transaction``): the handler takes a token for the call
+(``<invocation id>:<16 hex digits>`` drawn from ``ctx.uuid()``: random, but the same on every
+attempt of the invocation) and, in ONE
 transaction, inserts the token into ``user_idempotency`` with ``ON CONFLICT DO NOTHING``, adds
 the credits and stores the balance it left in the token's row. Token, credits and balance
 commit together or not at all. An attempt that finds the token already there knows an earlier
@@ -17,32 +19,24 @@ row (commit) or insert it (rollback), so exactly one adds. Every transaction tak
 the same order (token, then user row), so they cannot deadlock each other; a deadlock, lock
 timeout or lost connection anyway raises a retryable error and Restate retries the step.
 
-Tokens expire, so the table does not grow forever. BEFORE the transaction, the handler
+Tokens expire, so the table does not grow forever, each by its own TTL
+(``DBPATTERNS_IDEMPOTENCY_TOKEN_TTL``, 1 day by default): BEFORE the transaction, the handler
 schedules ``expireIdempotencyKey`` (a private handler the library registers on this service)
-with the token, ``DBPATTERNS_IDEMPOTENCY_TOKEN_TTL`` later
-(1 day by default), as Restate's TypeScript example does: the schedule is in the journal before
-the token can be in the table, so an invocation that ends, hangs or keeps failing anywhere after
-its commit has its token expire all the same. For an unknown user (404) the expiry finds no
-token: harmless.
+with the token, as Restate's TypeScript example does, so an invocation that ends, hangs or keeps
+failing anywhere after its commit has its token expire all the same. For an unknown user (404)
+the call marks its token ``failed`` (no late attempt of it may add the credits) and that row
+expires the same way.
 
-Windows left open:
+The TTL is also the call's deadline: the transaction's last statement before COMMIT refuses to
+go on once the call is older than the TTL, and the token is kept a TTL longer than that. So a
+zombie attempt that wakes after the token expired, or an invocation that keeps retrying past
+the TTL, cannot add the credits a second time: it fails with a 504 and writes nothing (the
+window Restate's TypeScript example leaves open). The TTL must therefore be longer than any
+invocation stays unfinished before it commits.
 
-* The expiry counts from when the call started, not from the commit. A step Restate has
-  recorded never runs again, so only an attempt still running when the expiry has deleted the
-  token could add the credits a second time: a zombie attempt alive after the TTL, or an
-  invocation that keeps retrying for longer than the TTL before its transaction commits (it
-  would insert its token after the expiry ran, and that token would then never expire). The
-  TTL must be far longer than any invocation stays unfinished and than any attempt can live
-  (the service's inactivity + abort timeouts, the database's
-  ``idle_in_transaction_session_timeout``).
-
-A token whose own expiry never runs is swept by the next one: every ``expireIdempotencyKey``
-also deletes the tokens older than the TTL (by ``created_at``, indexed). That covers an
-invocation killed through Restate (``restate invocations kill``) after its commit:
-restate-server (1.7.12, measured) kills the delayed calls an invocation scheduled together with
-it, so its own expiry goes too; and a token inserted after its expiry ran (above). Such a token
-lives until the next call's expiry, at most TTL after that call; a token left so is only a row,
-never a wrong balance.
+A token whose own expiry never runs (an invocation killed through Restate kills its scheduled
+expiry with it, restate-server 1.7.12, measured) is swept by the next expiry, which deletes
+every token whose own expiry has passed.
 """
 
 from __future__ import annotations
@@ -82,7 +76,7 @@ async def update(ctx: restate.Context, payload: Any) -> Applied:
     async def add_credits(conn: db.Connection) -> Balance:
         return await users.add_credits(conn, req.user_id, req.add_credits)
 
-    once = await idempotent_transaction(
+    done = await idempotent_transaction(
         ctx,
         db.pool(),
         add_credits,
@@ -91,12 +85,10 @@ async def update(ctx: restate.Context, payload: Any) -> Applied:
         step="add credits with token",
     )
     log.info(
-        "update %r +%d -> %s, first=%s, token %s (invocation %s)",
+        "update %r +%d -> %s, token %s",
         req.user_id,
         req.add_credits,
-        once.result,
-        once.first,
-        once.token,
-        ctx.request().id,
+        done.result,
+        done.call_id,
     )
-    return Applied(applied=once.first, credits=once.result.credits, token=once.token)
+    return Applied(credits=done.result.credits, token=done.call_id)

@@ -13,15 +13,17 @@ write exactly-once:
   ``(credits, version)`` in one durable step, then writes ``credits = read + n, version =
   read_version + 1 WHERE version = read_version`` in a second. The read is journaled, so every
   attempt of the invocation writes the same values under the same condition, and the object
-  guarantees that no other call on this key runs between the two steps. If the write matches no
-  row, the only writer that can have moved the version is an earlier (or zombie) attempt of this
-  same invocation, which already applied it: the step counts it as done. Exactly once.
+  guarantees that no other call on this key runs between the two steps. The write also marks
+  the row with the call's id (``written_by``). If the write matches no row, the row's mark says
+  who moved the version: this call (an earlier or zombie attempt of it already applied the
+  credits: done, once) or another writer (the credits were NOT added: a 409 says so).
 
-  The argument holds while every credit write to the row goes through this object. A writer
-  outside it (``idempotency.update``, ``twoPhaseCommit``, psql) that changes the row between the
-  read and the write makes the second step miss; it then counts someone else's write as its own
-  and this update is lost. Route all writes of a key through its object, or use the
-  ``idempotency`` pattern, which does not depend on who else writes.
+  The object's promise holds while every credit write to the row goes through it, and while no
+  invocation ends with an attempt of it frozen. A writer outside it (``idempotency.update``,
+  ``twoPhaseCommit``, psql) that changes the row between the read and the write, or a frozen
+  attempt of a killed call that wakes and writes, makes the write miss: the update fails with
+  409 instead of being lost behind a 200. Route all writes of a key through its object, or use
+  the ``idempotency`` pattern, which does not depend on who else writes.
 * ``read`` is a *shared* handler: it runs alongside the exclusive ones instead of queueing
   behind them, and only reads (a plain SELECT, not journaled).
 
@@ -40,7 +42,7 @@ from dbpatterns import boundary, db, failpoints
 from dbpatterns.exactly_once import versioned
 from dbpatterns.exactly_once.versioned import versioned_update
 from dbpatterns.patterns import users
-from dbpatterns.patterns.models import Balance, CreditsToAdd
+from dbpatterns.patterns.models import Balance, CreditsToAdd, MarkedBalance
 
 log = logging.getLogger("dbpatterns.keyed")
 log.addFilter(restate.RestateLoggingFilter())  # silent while Restate replays the journal
@@ -59,10 +61,11 @@ UPDATE_AFTER_COMMIT = failpoints.declare(
 )
 failpoints.declare_library_points("keyed.updateConditional", versioned.POINTS)
 
+READ_MARKED = "SELECT credits, version, written_by FROM users WHERE userid = %s"
 WRITE_IF_VERSION_UNCHANGED = """
-    UPDATE users SET credits = %(credits)s, version = %(version)s
+    UPDATE users SET credits = %(credits)s, version = %(version)s, written_by = %(mark)s
     WHERE userid = %(user_id)s AND version = %(seen_version)s
-    RETURNING userid
+    RETURNING credits, version, written_by
 """
 
 _USER_ID: TypeAdapter[str] = TypeAdapter(boundary.UserId)
@@ -111,29 +114,41 @@ async def update_conditional(ctx: restate.ObjectContext, payload: Any) -> Balanc
     user_id = user_key(ctx)
     add = boundary.parse_value(CreditsToAdd, payload).value
 
-    async def write_if_unchanged(conn: db.Connection, seen: Balance) -> bool:
+    async def read_marked(conn: db.Connection) -> MarkedBalance:
+        row = await db.fetch_one(conn, READ_MARKED, (user_id,))
+        if row is None:
+            raise users.user_not_found(user_id)
+        return MarkedBalance(credits=row[0], version=row[1], written_by=row[2])
+
+    async def write_if_unchanged(
+        conn: db.Connection, seen: MarkedBalance, mark: str
+    ) -> MarkedBalance | None:
         write = {
             "credits": seen.credits + add,
             "version": seen.version + 1,
+            "mark": mark,
             "user_id": user_id,
             "seen_version": seen.version,
         }
-        return await db.fetch_one(conn, WRITE_IF_VERSION_UNCHANGED, write) is not None
+        row = await db.fetch_one(conn, WRITE_IF_VERSION_UNCHANGED, write)
+        return (
+            None
+            if row is None
+            else MarkedBalance(credits=row[0], version=row[1], written_by=row[2])
+        )
 
     done = await versioned_update(
         ctx,
         db.pool(),
-        read=lambda conn: users.fetch_balance(conn, user_id),
+        read=read_marked,
         write=write_if_unchanged,
-        state_type=Balance,
+        state_type=MarkedBalance,
         read_step="read credits, version",
         write_step="write credits if version unchanged",
     )
-    target = Balance(credits=done.seen.credits + add, version=done.seen.version + 1)
-    log.info(
-        "updateConditional %r +%d -> %s (invocation %s)", user_id, add, target, ctx.request().id
-    )
-    return target
+    after = Balance(credits=done.result.credits, version=done.result.version)
+    log.info("updateConditional %r +%d -> %s (call %s)", user_id, add, after, done.call_id)
+    return after
 
 
 @keyed.handler(name="read", kind="shared")

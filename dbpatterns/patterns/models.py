@@ -97,6 +97,15 @@ class Balance(Response):
     version: int
 
 
+class MarkedBalance(Response):
+    """A user's credits and version as ``keyed.updateConditional`` reads and writes them, with
+    the mark of the call that last wrote them that way (``written_by``)."""
+
+    credits: int
+    version: int
+    written_by: str | None = None
+
+
 class Inserted(Response):
     inserted: bool
 
@@ -106,10 +115,8 @@ class Updated(Response):
 
 
 class Applied(Response):
-    """``applied``: whether this attempt added the credits (false: an earlier attempt of the
-    same invocation had); ``credits``: the balance the committed attempt left; ``token``: the
-    idempotency token that records the update in ``user_idempotency`` until it expires."""
+    """``credits``: the balance the update left, as committed; ``token``: the row of
+    ``user_idempotency`` that records the update until it expires."""
 
-    applied: bool
     credits: int
     token: str

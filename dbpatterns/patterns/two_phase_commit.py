@@ -9,9 +9,10 @@ credits in a transaction, stores the balance it leaves in ``exactly_once_prepare
 (same transaction), notes the transaction's id (``pg_current_xact_id()``) and ends it with
 ``PREPARE TRANSACTION gid`` instead of COMMIT: the change is now on disk, survives crashes of
 the service and of Postgres, but nobody sees it yet. Restate journals ``(gid, xid)``. The second
-runs ``COMMIT PREPARED gid`` and reads the committed balance back. The gid is
-``dbpatterns-2pc:<invocation id>``: every attempt of an invocation uses the same one, so a retry
-finds what its predecessor left, and the janitor can ask Restate about the invocation behind it.
+runs ``COMMIT PREPARED gid`` and answers with the committed balance. The gid is
+``dbpatterns-2pc:<invocation id>:<16 hex digits>`` (the call's id, drawn from ``ctx.uuid()``):
+every attempt of an invocation uses the same one, so a retry finds what its predecessor left,
+and the janitor can ask Restate about the invocation behind it.
 
 The failure windows, and how each is closed (in the library, ``exactly_once/prepared.py``):
 
@@ -30,17 +31,20 @@ The failure windows, and how each is closed (in the library, ``exactly_once/prep
   ``dbpatterns.janitor`` rolls back a prepared transaction whose invocation has completed.
 * Crash after COMMIT PREPARED, before Restate journals the step: the retry's COMMIT PREPARED
   fails with 42704 (no such gid). Instead of failing forever (as the TypeScript example does),
-  ``commit`` asks ``pg_xact_status(xid)``: ``committed`` means done; ``aborted`` means someone
-  rolled the prepared transaction back, the credits were not added, and the invocation fails
-  saying so. Nothing is assumed.
+  the commit step reads the balance from ``exactly_once_prepared_results``, whose row commits
+  exactly with the prepared transaction: there means done; gone means someone rolled the
+  prepared transaction back, the credits were not added, and the invocation fails saying so.
+  Nothing is assumed.
 * A terminal error or a cancellation (Restate's 409) anywhere after ``prepare`` started: a
   third durable step rolls the prepared transaction back before the error is re-raised. It first
   waits for any step of this invocation still running in this process, so a cancelled step
   cannot prepare behind the cleanup's back. If it finds the commit already done, the invocation
   answers with the committed balance: that is what happened.
 * The invocation is killed (``restate invocations kill``), or a zombie attempt prepares after
-  the cleanup: no handler code runs any more, so ``dbpatterns.janitor`` rolls back prepared
-  transactions whose invocation Restate reports completed or does not know.
+  the cleanup: no handler code runs any more, so the janitor (``dbpatterns.exactly_once.janitor``,
+  run by the service and by ``./lab janitor``) rolls back prepared transactions whose invocation
+  Restate reports completed or does not know. A call killed while an attempt was already sending
+  its COMMIT PREPARED may still commit: the caller hears "killed", the row says what happened.
 * Pool hygiene: the statements run on a pooled connection in autocommit mode, so
   BEGIN ... PREPARE TRANSACTION leaves it idle, as psycopg and its pool believe it is; any
   error rolls the open transaction back before the connection goes back to the pool (the
@@ -60,7 +64,7 @@ from typing import Any
 import restate
 
 from dbpatterns import boundary, db, failpoints
-from dbpatterns.exactly_once import prepared, prepared_transaction
+from dbpatterns.exactly_once import gids, prepared, prepared_transaction
 from dbpatterns.patterns import users
 from dbpatterns.patterns.models import Balance, Response, UpdateCredits
 
@@ -88,20 +92,13 @@ async def update(ctx: restate.Context, payload: Any) -> Committed:
     async def add_credits(conn: db.Connection) -> Balance:
         return await users.add_credits(conn, req.user_id, req.add_credits)
 
-    balance = await prepared_transaction(
+    done = await prepared_transaction(
         ctx,
         db.pool(),
         add_credits,
         result_type=Balance,
         prepare_step="add credits, PREPARE TRANSACTION",
     )
-    gid = prepared.gid_for(ctx.request().id)
-    log.info(
-        "update %r +%d -> %d (%s, invocation %s)",
-        req.user_id,
-        req.add_credits,
-        balance.credits,
-        gid,
-        ctx.request().id,
-    )
-    return Committed(committed=True, credits=balance.credits, transaction=gid)
+    gid = gids.gid_for(done.call_id)
+    log.info("update %r +%d -> %d (%s)", req.user_id, req.add_credits, done.result.credits, gid)
+    return Committed(committed=True, credits=done.result.credits, transaction=gid)

@@ -19,8 +19,6 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-from dbpatterns.exactly_once import schema
-
 revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
@@ -29,7 +27,30 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("user_idempotency", sa.Column("result", postgresql.JSONB(), nullable=True))
-    schema.create_tables(op)
+    # The library's tables as they were then (0004 gives tokens their own expiry): written out
+    # here, so this revision stays what it was whatever the library's helpers become.
+    op.create_table(
+        "exactly_once_tokens",
+        sa.Column("id", sa.Text(), primary_key=True),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        sa.Column("result", postgresql.JSONB(), nullable=True),
+    )
+    op.create_index("ix_exactly_once_tokens_created_at", "exactly_once_tokens", ["created_at"])
+    op.create_table(
+        "exactly_once_prepared_results",
+        sa.Column("gid", sa.Text(), primary_key=True),
+        sa.Column("result", postgresql.JSONB(), nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+    )
+    op.create_index(
+        "ix_exactly_once_prepared_results_created_at",
+        "exactly_once_prepared_results",
+        ["created_at"],
+    )
     op.create_table(
         "invoices",
         sa.Column("invoice_id", sa.Text(), primary_key=True),
@@ -54,5 +75,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("invoice_payments")
     op.drop_table("invoices")
-    schema.drop_tables(op)
+    op.drop_table("exactly_once_prepared_results")
+    op.drop_table("exactly_once_tokens")
     op.drop_column("user_idempotency", "result")
