@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import dbpatterns
 from dbpatterns import failpoints
 from dbpatterns.config import Settings
 from dbpatterns.exactly_once import faults, schema
+from tests.exactly_once.conftest import FakeContext
 
 PACKAGE = Path(dbpatterns.__file__).parent
 
@@ -38,28 +38,11 @@ def test_the_ddl_creates_exactly_the_tables_the_library_describes(
     assert diff == []
 
 
-class _Ctx:
-    """Enough of a handler context for ``faults.reach``."""
-
-    class _Request:
-        id = "inv_1abcdefghijklmnop"
-
-    def request(self) -> _Request:
-        return self._Request()
-
-
-@pytest.fixture
-def no_hook() -> Iterator[None]:
-    faults.install(None)
-    yield
-    faults.install(None)
-
-
 def test_fault_points_do_nothing_without_a_hook_whatever_the_environment(
     no_hook: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv(failpoints.ENV_SPEC, "invoices.pay.after-commit=kill")
-    asyncio.run(faults.reach(_Ctx(), "after-commit"))  # type: ignore[arg-type]
+    asyncio.run(faults.reach(FakeContext(), "after-commit"))  # type: ignore[arg-type]
     # still here: nothing in the environment reaches the library without its host
 
 
@@ -84,7 +67,7 @@ def test_a_fault_point_is_named_after_the_handler_that_reaches_it(no_hook: None)
         class service_tag:
             name = "invoices"
 
-    ctx: Any = _Ctx()
+    ctx: Any = FakeContext()
     ctx.handler = Handler()
     faults.install(record)
     asyncio.run(faults.reach(ctx, "after-commit"))
