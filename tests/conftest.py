@@ -95,7 +95,9 @@ def base_settings(lab_home: Path) -> Settings:
         admin_port=free_port(),
         restate_node_port=free_port(),
         service_port=free_port(),
-        idempotency_token_ttl=timedelta(seconds=3),  # the expiry test waits it out
+        # A call's deadline, and half a token's life: short enough for the expiry tests to wait
+        # out, long enough for a call slowed by a loaded machine to commit within it.
+        idempotency_token_ttl=timedelta(seconds=10),
     )
 
 

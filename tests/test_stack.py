@@ -84,6 +84,9 @@ def test_service_is_registered_as_a_bidi_http2_deployment(
         "baseline",
         "invoices",
         "invoice",
+        "shapes",
+        "shapesBrief",
+        "shapesAccount",
     }
 
 

@@ -16,8 +16,11 @@ import psycopg
 import pytest
 
 from dbpatterns.client import Ingress
+from dbpatterns.exactly_once.calls import CALL_ID, invocation_of_call
+from dbpatterns.exactly_once.gids import gid_for
+from dbpatterns.stack import ServiceProcess
 from tests.failpoint_checks import assert_fired
-from tests.patterns.test_two_phase_commit import assert_quiet
+from tests.patterns.test_two_phase_commit import assert_quiet, service_log_lines
 
 
 @dataclass(frozen=True)
@@ -29,9 +32,10 @@ class Payer:
     handler: str
     keyed: bool
     before_commit: str  # a point where the transaction is open: a failure rolls it back
-    #: What ``recorded`` says after a retry that followed the commit (the 2PC retry commits the
-    #: one prepared transaction itself, so it recorded it; the others find it done).
-    recorded_after_retry: bool
+    #: The service's log line, for a payment id, of an attempt that finds the payment already in
+    #: (its token, its mark on the invoice) and records nothing; None: the 2PC retry after the
+    #: commit finds its gid gone and the result row there, and logs nothing of it.
+    found_done: str | None
 
     def pay(self, ingress: Ingress, invoice: str, amount: int, **kw: Any) -> httpx.Response:
         if self.keyed:
@@ -41,9 +45,9 @@ class Payer:
 
 
 PAYERS = [
-    Payer("invoices.pay", "invoices", "pay", False, "before-commit", False),
-    Payer("invoices.payTwoPhase", "invoices", "payTwoPhase", False, "before-prepare", True),
-    Payer("invoice.pay", "invoice", "pay", True, "before-write", False),
+    Payer("invoices.pay", "invoices", "pay", False, "before-commit", "token {} already recorded"),
+    Payer("invoices.payTwoPhase", "invoices", "payTwoPhase", False, "before-prepare", None),
+    Payer("invoice.pay", "invoice", "pay", True, "before-write", "mark is this call's ({})"),
 ]
 by_name = pytest.mark.parametrize("payer", PAYERS, ids=[p.name for p in PAYERS])
 
@@ -59,6 +63,32 @@ def new_invoice(db: psycopg.Connection[Any]) -> Callable[..., str]:
         return invoice_id
 
     return make
+
+
+def payment_of(response: httpx.Response) -> str:
+    """The payment id a successful call answered with: its call id, naming its invocation."""
+    payment = str(response.json()["payment"])
+    assert CALL_ID.fullmatch(payment), payment
+    assert invocation_of_call(payment) == response.headers["x-restate-id"], payment
+    return payment
+
+
+def recorded_under(db: psycopg.Connection[Any], payer: Payer, payment: str) -> bool:
+    """Is the payment recorded in the database under its id: a committed token, a committed
+    prepared transaction's result row, or the invoice's mark?"""
+    if payer.keyed:
+        query, key = "SELECT 1 FROM invoices WHERE written_by = %s", payment
+    elif payer.handler == "pay":
+        query = "SELECT 1 FROM exactly_once_tokens WHERE id = %s AND outcome = 'committed'"
+        key = payment
+    else:
+        query, key = "SELECT 1 FROM exactly_once_prepared_results WHERE gid = %s", gid_for(payment)
+    return db.execute(query, (key,)).fetchone() is not None
+
+
+def commits_logged(service: ServiceProcess, payment: str) -> int:
+    """How many COMMIT PREPARED of the payment's transaction went through."""
+    return len(service_log_lines(service, f"{gid_for(payment)} committed (xid"))
 
 
 def ledger(db: psycopg.Connection[Any], invoice: str) -> tuple[int, int, list[int]]:
@@ -80,10 +110,20 @@ def test_a_payment_is_recorded_once_and_answered_with_the_invoice(
     invoice = new_invoice(amount_due=500)
     response = payer.pay(ingress, invoice, 120)
     assert response.status_code == 200, response.text
+    payment = payment_of(response)
+    # Only the object's write marks the invoice (with the payment's id).
+    mark = payment if payer.keyed else None
     assert response.json() == {
-        "recorded": True,
-        "invoice": {"invoiceId": invoice, "amountDue": 500, "paid": 120, "version": 1},
+        "invoice": {
+            "invoiceId": invoice,
+            "amountDue": 500,
+            "paid": 120,
+            "version": 1,
+            "writtenBy": mark,
+        },
+        "payment": payment,
     }
+    assert recorded_under(db, payer, payment)
     assert ledger(db, invoice) == (120, 1, [120])
     assert_quiet(db)
 
@@ -96,18 +136,25 @@ def test_a_retry_after_the_commit_records_the_payment_once(
     new_invoice: Callable[..., str],
     failpoint: Callable[[str, str], None],
     failpoints_file: Path,
+    service: ServiceProcess,
 ) -> None:
     """The step fails right after its transaction committed; Restate retries it. The retry
-    finds the payment in (token, version, or the committed prepared transaction) and records
-    nothing more; the answer is the invoice as the payment left it."""
+    finds the payment in (its token, its mark on the invoice, or its prepared transaction gone
+    and the result row there) and records nothing more; the answer is the invoice as the
+    payment left it."""
     invoice = new_invoice(amount_due=500)
     point = f"{payer.name}.after-commit"
     failpoint(point, "1*error")
     response = payer.pay(ingress, invoice, 70)
     assert_fired(failpoints_file, point)
     assert response.status_code == 200, response.text
-    assert response.json()["recorded"] is payer.recorded_after_retry
+    payment = payment_of(response)
     assert response.json()["invoice"]["paid"] == 70
+    if payer.found_done is not None:
+        assert len(service_log_lines(service, payer.found_done.format(payment))) == 1
+    else:
+        assert commits_logged(service, payment) == 1  # the first attempt's; the retry's found none
+    assert recorded_under(db, payer, payment)
     assert ledger(db, invoice) == (70, 1, [70])
     assert_quiet(db)
 
@@ -120,14 +167,22 @@ def test_a_failure_before_the_commit_leaves_nothing_and_the_retry_records_once(
     new_invoice: Callable[..., str],
     failpoint: Callable[[str, str], None],
     failpoints_file: Path,
+    service: ServiceProcess,
 ) -> None:
+    """Nothing of the failed attempt stays; the retry records the payment itself, once."""
     invoice = new_invoice(amount_due=500)
     point = f"{payer.name}.{payer.before_commit}"
     failpoint(point, "1*error")
     response = payer.pay(ingress, invoice, 30)
     assert_fired(failpoints_file, point)
     assert response.status_code == 200, response.text
-    assert response.json()["recorded"] is True
+    payment = payment_of(response)
+    assert response.json()["invoice"]["paid"] == 30
+    if payer.found_done is not None:
+        assert service_log_lines(service, payer.found_done.format(payment)) == []
+    else:
+        assert commits_logged(service, payment) == 1
+    assert recorded_under(db, payer, payment)
     assert ledger(db, invoice) == (30, 1, [30])
     assert_quiet(db)
 
@@ -159,14 +214,21 @@ def test_an_overpayment_is_refused_with_409_and_changes_nothing(
 
 
 @by_name
-def test_an_unknown_invoice_is_404_and_leaves_no_token_or_transaction(
+def test_an_unknown_invoice_is_404_and_leaves_no_committed_token_or_transaction(
     payer: Payer, ingress: Ingress, db: psycopg.Connection[Any]
 ) -> None:
-    before = db.execute("SELECT count(*) FROM exactly_once_tokens").fetchone()
+    """``invoices.pay`` marks its call's token ``failed`` (no late attempt may pay); the others
+    take no token at all."""
+    since = db.execute("SELECT clock_timestamp()").fetchone()
+    assert since is not None
     response = payer.pay(ingress, f"INV-missing-{uuid.uuid4().hex[:8]}", 5)
     assert response.status_code == 404, response.text
     assert "not found" in response.text
-    assert db.execute("SELECT count(*) FROM exactly_once_tokens").fetchone() == before
+    tokens = db.execute(
+        "SELECT outcome, count(*) FROM exactly_once_tokens WHERE created_at >= %s GROUP BY outcome",
+        (since[0],),
+    ).fetchall()
+    assert tokens == ([("failed", 1)] if payer.name == "invoices.pay" else [])
     assert_quiet(db)
 
 

@@ -2,7 +2,8 @@
 copied out of the README into a module of its own, served by hypercorn in its own process,
 registered with restate-server, type-checked with mypy --strict. Its handler records a
 reservation once across a retry after the commit (the fault is the library's own hook,
-installed by the launcher as a test harness would), and once per idempotency key."""
+installed by the launcher as a test harness would), and once per idempotency key; its tokens'
+private expiry works in a process started after the call, before any reservation ran there."""
 
 from __future__ import annotations
 
@@ -14,39 +15,54 @@ import sys
 import time
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
-from dbpatterns.client import Ingress
+from dbpatterns.client import Admin, Ingress
+from dbpatterns.exactly_once.calls import INVOCATION_ID
 from dbpatterns.stack import free_port, register_deployment
 from tests.conftest import RestateEndpoints
 
 README = Path(__file__).parents[2] / "README.md"
 POINT = "orders.reserve.after-commit"
+#: The README's TTL, and the one the expiry test serves its copy with: a reservation commits
+#: within it, and its token's expiry is due two of them after the call.
+README_TTL = "ttl=timedelta(days=1)"
+SHORT_TTL_S = 5
+#: How long past its due time an expiry may take to run and delete, on a loaded machine.
+SLACK_S = 30.0
 
-#: Imports the README's module, and makes its step fail once right after the commit (through
-#: the library's fault hook), leaving a mark that it did.
+#: Imports the README's module and shows the library's INFO lines (each expiry's outcome) in
+#: the service's log. With ``FAULT_MARK`` set, makes the step fail once right after the commit
+#: (through the library's fault hook), leaving a mark that it did.
 LAUNCHER = f'''
+import logging
 import os
 from pathlib import Path
 
 from dbpatterns.exactly_once import faults
 from orders_app import app  # noqa: F401
 
-MARK = Path(os.environ["FAULT_MARK"])
+library = logging.getLogger("dbpatterns.exactly_once")
+library.setLevel(logging.INFO)
+shown = logging.StreamHandler()
+shown.setFormatter(logging.Formatter("%(asctime)s pid %(process)d %(name)s: %(message)s"))
+library.addHandler(shown)
 
+if "FAULT_MARK" in os.environ:
+    MARK = Path(os.environ["FAULT_MARK"])
 
-async def fail_once_after_commit(name: str, invocation: str) -> None:
-    if name == "{POINT}" and not MARK.exists():
-        MARK.write_text(invocation)
-        raise RuntimeError("injected: the step fails after its commit")
+    async def fail_once_after_commit(name: str, invocation: str) -> None:
+        if name == "{POINT}" and not MARK.exists():
+            MARK.write_text(invocation)
+            raise RuntimeError("injected: the step fails after its commit")
 
-
-faults.install(fail_once_after_commit)
+    faults.install(fail_once_after_commit)
 '''
 
 
@@ -57,36 +73,104 @@ def readme_example() -> str:
     return match.group(1)
 
 
-@pytest.fixture
-def users_service(
-    tmp_path: Path, database_url: str, restate_server: RestateEndpoints
-) -> Iterator[Path]:
-    """The README's service, served and registered; yields the fault's mark file."""
-    (tmp_path / "orders_app.py").write_text(readme_example())
-    (tmp_path / "launch.py").write_text(LAUNCHER)
-    port = free_port()
-    mark = tmp_path / "fault-fired"
-    env = {**os.environ, "DATABASE_URL": database_url, "FAULT_MARK": str(mark)}
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
-    log = (tmp_path / "service.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "launch:app", "--bind", f"127.0.0.1:{port}"],
-        cwd=tmp_path,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        register_deployment(restate_server.admin_url, f"http://127.0.0.1:{port}")
-        yield mark
-    finally:
+def with_short_ttl(code: str) -> str:
+    """The README's code with a TTL of ``SHORT_TTL_S`` seconds instead of its day."""
+    assert code.count(README_TTL) == 1, f"the README's example no longer sets {README_TTL}"
+    return code.replace(README_TTL, f"ttl=timedelta(seconds={SHORT_TTL_S})")
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting {what()}"
+        time.sleep(0.2)
+
+
+class ReadmeService:
+    """A module in ``folder`` served by hypercorn (through the launcher) on one port, in a
+    process of its own that can be stopped and started again; each start logs to its own file."""
+
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+        self.folder = folder
+        self.env = env
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.logs: list[Path] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Path:
+        """Start a process and wait until it answers; its log file."""
+        assert self._proc is None, "already running"
+        log_path = self.folder / f"service-{len(self.logs) + 1}.log"
+        self.logs.append(log_path)
+        command = ["-m", "hypercorn", "launch:app", "--bind", f"127.0.0.1:{self.port}"]
+        with log_path.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [sys.executable, *command],
+                cwd=self.folder,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(self._answers, 30, lambda: f"for {self.url} to answer: {log_path.read_text()}")
+        return log_path
+
+    def _answers(self) -> bool:
+        assert self._proc is not None
+        assert self._proc.poll() is None, f"the service exited: {self.logs[-1].read_text()}"
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        log.close()
+
+
+@pytest.fixture
+def serve_readme(
+    tmp_path: Path, database_url: str, restate_server: RestateEndpoints
+) -> Iterator[Callable[..., ReadmeService]]:
+    """``serve_readme(code, fault_mark=None)``: ``code`` as the user's module ``orders_app``,
+    served and registered (the newest deployment of ``orders``); stopped after the test."""
+    services: list[ReadmeService] = []
+
+    def serve(code: str, fault_mark: Path | None = None) -> ReadmeService:
+        folder = tmp_path / f"orders-{len(services) + 1}"
+        folder.mkdir()
+        (folder / "orders_app.py").write_text(code)
+        (folder / "launch.py").write_text(LAUNCHER)
+        env = {**os.environ, "DATABASE_URL": database_url}
+        env["PYTHONPATH"] = os.pathsep.join([str(folder), env.get("PYTHONPATH", "")])
+        if fault_mark is not None:
+            env["FAULT_MARK"] = str(fault_mark)
+        service = ReadmeService(folder, env)
+        services.append(service)
+        service.start()
+        register_deployment(restate_server.admin_url, service.url)
+        return service
+
+    try:
+        yield serve
+    finally:
+        for service in services:
+            service.stop()
+
+
+@pytest.fixture
+def users_service(serve_readme: Callable[..., ReadmeService], tmp_path: Path) -> Path:
+    """The README's service as written, its fault armed; the fault's mark file."""
+    mark = tmp_path / "fault-fired"
+    serve_readme(readme_example(), fault_mark=mark)
+    return mark
 
 
 @pytest.fixture
@@ -101,6 +185,24 @@ def available(db: psycopg.Connection[Any], sku: str) -> int:
     row = db.execute("SELECT available FROM stock WHERE sku = %s", (sku,)).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def tokens_of(db: psycopg.Connection[Any], invocation: str) -> dict[str, str]:
+    """The token rows of ``invocation``'s calls: outcome by token id."""
+    rows = db.execute(
+        "SELECT id, outcome FROM exactly_once_tokens WHERE starts_with(id, %s)",
+        (f"{invocation}:",),
+    ).fetchall()
+    return {str(token): str(outcome) for token, outcome in rows}
+
+
+def expiries_of(admin: Admin, invocation: str) -> list[dict[str, Any]]:
+    """The expiry calls ``invocation`` scheduled, as Restate knows them (a completed one is kept
+    a day): status, outcome, and the attempts and last failure of one still retrying."""
+    assert INVOCATION_ID.fullmatch(invocation), invocation  # Restate's SQL takes no parameters
+    where = f"invoked_by_id = '{invocation}' AND target_handler_name = 'expireIdempotencyKey'"
+    columns = "id, status, completion_result, retry_count, last_failure"
+    return admin.query(f"SELECT {columns} FROM sys_invocation WHERE {where}")  # noqa: S608
 
 
 def test_the_readme_example_type_checks_under_mypy_strict(tmp_path: Path) -> None:
@@ -174,12 +276,63 @@ def test_the_readme_example_reserves_once_across_a_retry_after_the_commit(
         missing = ingress.call("orders", "reserve", {"sku": "no-such-sku", "quantity": 1})
         assert missing.status_code == 404, missing.text
     assert available(db, stock) == 5
-    deadline = time.monotonic() + 5
-    while True:  # the token row of each reservation, with its result
-        rows = db.execute(
-            "SELECT result FROM exactly_once_tokens WHERE result->>'sku' = %s", (stock,)
-        ).fetchall()
-        if len(rows) == 2 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    # One committed token per reservation, with its result (the 404 left a 'failed' one).
+    assert list(tokens_of(db, first.headers["x-restate-id"]).values()) == ["committed"]
+    assert list(tokens_of(db, missing.headers["x-restate-id"]).values()) == ["failed"]
+    rows = db.execute(
+        "SELECT result FROM exactly_once_tokens"
+        " WHERE outcome = 'committed' AND result->>'sku' = %s",
+        (stock,),
+    ).fetchall()
     assert sorted(r[0]["left"] for r in rows) == [5, 7]
+
+
+def test_the_readme_expiry_deletes_a_token_in_a_restarted_process_before_any_reservation(
+    serve_readme: Callable[..., ReadmeService],
+    stock: str,
+    db: psycopg.Connection[Any],
+    restate_server: RestateEndpoints,
+    admin: Admin,
+) -> None:
+    """Every handler of the README's service opens the pool first, the tokens' private expiry
+    included: a token's expiry, due after the service restarted, deletes it in the new process,
+    where no reservation has opened the pool. (Opened by ``reserve`` alone, the pool stayed
+    closed there, and each expiry failed with PoolClosed until a reservation came.)"""
+    service = serve_readme(with_short_ttl(readme_example()))
+    with Ingress(restate_server.ingress_url) as ingress:
+        reserved = ingress.call("orders", "reserve", {"sku": stock, "quantity": 3})
+    assert reserved.status_code == 200, reserved.text
+    invocation = reserved.headers["x-restate-id"]
+    ((token, outcome),) = tokens_of(db, invocation).items()
+    assert outcome == "committed"
+
+    service.stop()
+    # Still there with the first process gone: its expiry (due two TTLs after the call) can
+    # only run in the next one.
+    assert tokens_of(db, invocation) == {token: "committed"}, (
+        "the token expired before the first process stopped: proves nothing (raise SHORT_TTL_S)"
+    )
+    restarted_log = service.start()  # same port: the registered deployment is unchanged
+
+    def diagnosis() -> str:
+        expiries = [
+            {**e, "last_failure": (e.get("last_failure") or "").split("\n")[0]}
+            for e in expiries_of(admin, invocation)
+        ]
+        return f"for {token} to expire; its expiry: {expiries}"
+
+    wait_until(lambda: not tokens_of(db, invocation), 2 * SHORT_TTL_S + SLACK_S, diagnosis)
+    # Deleted by its own expiry, in the restarted process, which never failed to reach the pool.
+    expired = re.compile(rf"token {re.escape(token)} expiry: deleted=True")
+    wait_until(
+        lambda: bool(expired.search(restarted_log.read_text())),
+        10,
+        lambda: f"for the expiry's line in the new log: {restarted_log.read_text()}",
+    )
+    assert not expired.search(service.logs[0].read_text()), "the first process ran the expiry"
+    assert "PoolClosed" not in restarted_log.read_text()
+    expiries = expiries_of(admin, invocation)
+    assert [(e["status"], e.get("completion_result")) for e in expiries] == [
+        ("completed", "success")
+    ], expiries
+    assert available(db, stock) == 7  # one reservation, and no other in the new process

@@ -166,18 +166,21 @@ def test_keyed_read_refuses_a_bad_key_and_a_body(
     assert_refused(ingress, users_checksum, "/keyed/A/read", body(5), 400, "empty")
 
 
-def test_bad_input_to_idempotency_update_records_no_token(
+def test_bad_input_to_idempotency_update_records_no_committed_token(
     ingress: Ingress, users_checksum: Callable[[], str], db: psycopg.Connection[Any]
 ) -> None:
+    """A 400 is refused before the call takes a token; the 404 (an unknown user) is the call's
+    own answer, so its token is marked ``failed``: nothing committed, and no late attempt can."""
     since = db.execute("SELECT clock_timestamp()").fetchone()
     assert since is not None
     for raw in (body({"userId": "A", "addCredits": 0}), body({"userId": UNKNOWN, "addCredits": 1})):
         status = 404 if UNKNOWN.encode() in raw else 400
         assert_refused(ingress, users_checksum, "/idempotency/update", raw, status)
-    row = db.execute(
-        "SELECT count(*) FROM user_idempotency WHERE created_at >= %s", (since[0],)
-    ).fetchone()
-    assert row == (0,)
+    rows = db.execute(
+        "SELECT outcome, count(*) FROM user_idempotency WHERE created_at >= %s GROUP BY outcome",
+        (since[0],),
+    ).fetchall()
+    assert rows == [("failed", 1)]
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,12 @@ import secrets
 import string
 import subprocess
 import sys
+import urllib.error
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 from psycopg import sql
@@ -22,12 +22,24 @@ from psycopg import sql
 from dbpatterns import failpoints, janitor
 from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import PROJECT_ROOT, Settings
-from dbpatterns.exactly_once.prepared import gid_for
+from dbpatterns.exactly_once.gids import GID_PREFIX, gid_for
 from dbpatterns.stack import free_port, settings_env
 from tests.failpoint_checks import assert_fired
-from tests.patterns.test_two_phase_commit import credits_of, prepared_gids, update, wait_for
+from tests.patterns.test_two_phase_commit import (
+    credits_of,
+    prepared_gids,
+    prepared_gids_of,
+    update,
+    wait_for,
+)
 
 NOW = timedelta(0)  # no grace period: the tests decide what is old
+
+
+def gid_of_a_call_of(invocation: str) -> str:
+    """The gid a call of ``invocation`` would prepare under (``<prefix><invocation id>:<16 hex
+    digits>``), as the janitor parses it."""
+    return gid_for(f"{invocation}:{secrets.token_hex(8)}")
 
 
 def malformed_invocation_id() -> str:
@@ -110,8 +122,8 @@ def test_an_orphan_of_a_killed_invocation_is_rolled_back(
     user = new_user(credits=100)
     failpoint("twoPhaseCommit.update.after-prepare", "1*sleep(20000)")
     invocation = update(ingress, user, 5, send=True).json()["invocationId"]
-    gid = gid_for(invocation)
-    wait_for(lambda: gid in prepared_gids(db), 10, "the transaction to prepare")
+    wait_for(lambda: bool(prepared_gids_of(db, invocation)), 10, "the transaction to prepare")
+    (gid,) = prepared_gids_of(db, invocation)
     assert_fired(failpoints_file, "twoPhaseCommit.update.after-prepare")
     kill = admin.http.patch(f"/invocations/{invocation}/kill")
     assert kill.status_code in (200, 202), kill.text
@@ -147,8 +159,8 @@ def test_a_prepared_transaction_of_a_running_invocation_is_left_alone(
     user = new_user(credits=100)
     failpoint("twoPhaseCommit.update.before-commit", "1*sleep(4000)")
     invocation = update(ingress, user, 5, send=True).json()["invocationId"]
-    gid = gid_for(invocation)
-    wait_for(lambda: gid in prepared_gids(db), 10, "the transaction to prepare")
+    wait_for(lambda: bool(prepared_gids_of(db, invocation)), 10, "the transaction to prepare")
+    (gid,) = prepared_gids_of(db, invocation)
     wait_for(
         lambda: failpoints.spent(failpoints_file, "twoPhaseCommit.update.before-commit"),
         10,
@@ -167,22 +179,30 @@ def test_a_prepared_transaction_of_a_running_invocation_is_left_alone(
     assert gid not in prepared_gids(db)
 
 
+@pytest.mark.parametrize(
+    "gid_of",
+    [gid_of_a_call_of, lambda invocation: GID_PREFIX + invocation],
+    ids=["named after a call", "named after the invocation, as earlier versions did"],
+)
 def test_an_orphan_of_a_completed_invocation_is_rolled_back(
+    gid_of: Callable[[str], str],
     settings: Settings,
     ingress: Ingress,
     db: psycopg.Connection[Any],
     new_user: Callable[..., str],
     orphan: Callable[[str, str], str],
 ) -> None:
-    """Restate keeps a completed invocation for a day (its completion retention)."""
+    """Restate keeps a completed invocation for a day (its completion retention). A gid of the
+    earlier form, the prefix and the invocation id alone, is still finished."""
     done = update(ingress, new_user(credits=0), 1)
     assert done.status_code == 200, done.text
     user = new_user(credits=100)
-    gid = orphan(gid_for(done.headers["x-restate-id"]), user)
+    gid = orphan(gid_of(done.headers["x-restate-id"]), user)
 
     verdict = verdict_for(janitor.sweep(settings, grace=NOW), gid)
 
     assert (verdict.status, verdict.action) == ("completed", "rolled back")
+    assert verdict.invocation == done.headers["x-restate-id"]
     assert gid not in prepared_gids(db)
     assert credits_of(db, user) == 100
 
@@ -195,7 +215,7 @@ def test_an_orphan_unknown_to_restate_waits_for_the_grace_period_and_a_dry_run_c
     forgotten_invocation: Callable[[], str],
 ) -> None:
     user = new_user(credits=100)
-    gid = orphan(gid_for(forgotten_invocation()), user)
+    gid = orphan(gid_of_a_call_of(forgotten_invocation()), user)
 
     young = verdict_for(janitor.sweep(settings, grace=timedelta(hours=1)), gid)
     dry = verdict_for(janitor.sweep(settings, grace=NOW, dry_run=True), gid)
@@ -214,11 +234,11 @@ def test_nothing_is_rolled_back_when_restate_cannot_be_asked(
     orphan: Callable[[str, str], str],
     forgotten_invocation: Callable[[], str],
 ) -> None:
-    gid = orphan(gid_for(forgotten_invocation()), new_user())
+    gid = orphan(gid_of_a_call_of(forgotten_invocation()), new_user())
     unreachable = settings.model_copy(
         update={"restate_admin_url": f"http://127.0.0.1:{free_port()}"}
     )
-    with pytest.raises(httpx.HTTPError):
+    with pytest.raises(urllib.error.URLError):  # the stdlib client's "connection refused"
         janitor.sweep(unreachable, grace=NOW)
     assert gid in prepared_gids(db)
 
@@ -231,7 +251,7 @@ def test_prepared_transactions_of_others_are_not_touched(
 ) -> None:
     """Another application's gid, and ours with an id Restate refuses: both left alone."""
     theirs = orphan(f"someone-else:{secrets.token_hex(8)}", new_user())
-    malformed = orphan(gid_for(malformed_invocation_id()), new_user())
+    malformed = orphan(gid_of_a_call_of(malformed_invocation_id()), new_user())
 
     verdicts = janitor.sweep(settings, grace=NOW)
 
@@ -251,7 +271,7 @@ def test_the_periodic_janitor_rolls_back_an_orphan(
     forgotten_invocation: Callable[[], str],
 ) -> None:
     """The loop the service runs in the background (``DBPATTERNS_JANITOR_INTERVAL``)."""
-    gid = orphan(gid_for(forgotten_invocation()), new_user())
+    gid = orphan(gid_of_a_call_of(forgotten_invocation()), new_user())
 
     async def run_for_a_while() -> None:
         task = asyncio.create_task(
@@ -275,7 +295,7 @@ def test_the_janitor_command_reports_then_rolls_back(
     orphan: Callable[[str, str], str],
     forgotten_invocation: Callable[[], str],
 ) -> None:
-    gid = orphan(gid_for(forgotten_invocation()), new_user())
+    gid = orphan(gid_of_a_call_of(forgotten_invocation()), new_user())
     env = {**os.environ, **settings_env(settings)}
 
     def janitor_command(*args: str) -> str:

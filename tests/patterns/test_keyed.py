@@ -14,13 +14,23 @@ import httpx
 import psycopg
 
 from dbpatterns.client import Ingress
+from dbpatterns.exactly_once.calls import invocation_of_call
+from dbpatterns.stack import ServiceProcess
 from tests.failpoint_checks import assert_fired
+from tests.patterns.test_two_phase_commit import service_log_lines
 
 
 def balance_of(db: psycopg.Connection[Any], user_id: str) -> tuple[int, int]:
     row = db.execute("SELECT credits, version FROM users WHERE userid = %s", (user_id,)).fetchone()
     assert row is not None, f"user {user_id} is gone"
     return int(row[0]), int(row[1])
+
+
+def mark_of(db: psycopg.Connection[Any], user_id: str) -> str | None:
+    """The id of the call that last wrote the row through ``updateConditional``."""
+    row = db.execute("SELECT written_by FROM users WHERE userid = %s", (user_id,)).fetchone()
+    assert row is not None, f"user {user_id} is gone"
+    return None if row[0] is None else str(row[0])
 
 
 def shared_read(ingress: Ingress, user_id: str) -> httpx.Response:
@@ -62,6 +72,10 @@ def test_update_conditional_adds_exactly_once(
     assert response.status_code == 200, response.text
     assert response.json() == {"credits": 107, "version": 1}
     assert balance_of(db, user) == (107, 1)
+    # The write marked the row with the call's id, which names the invocation.
+    mark = mark_of(db, user)
+    assert mark is not None
+    assert invocation_of_call(mark) == response.headers["x-restate-id"], mark
 
 
 def test_update_conditional_adds_once_when_a_retry_follows_the_commit(
@@ -70,8 +84,10 @@ def test_update_conditional_adds_once_when_a_retry_follows_the_commit(
     new_user: Callable[..., str],
     failpoint: Callable[[str, str], None],
     failpoints_file: Path,
+    service: ServiceProcess,
 ) -> None:
-    """Same fault as the hole above: the retry finds the version moved on and writes nothing."""
+    """Same fault as the hole above: the retry finds the version moved on and the row marked
+    by its own call, and writes nothing."""
     user = new_user(credits=100)
     failpoint("keyed.updateConditional.after-commit", "1*error")
     response = ingress.call("keyed", "updateConditional", 5, key=user)
@@ -79,6 +95,10 @@ def test_update_conditional_adds_once_when_a_retry_follows_the_commit(
     assert response.status_code == 200, response.text
     assert response.json() == {"credits": 105, "version": 1}
     assert balance_of(db, user) == (105, 1)
+    mark = mark_of(db, user)
+    assert mark is not None
+    assert invocation_of_call(mark) == response.headers["x-restate-id"], mark
+    assert len(service_log_lines(service, f"mark is this call's ({mark})")) == 1
 
 
 def test_update_conditional_sums_exactly_under_50_concurrent_calls(

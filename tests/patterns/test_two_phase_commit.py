@@ -27,7 +27,7 @@ from psycopg.types.json import Jsonb
 from dbpatterns import failpoints
 from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import Settings
-from dbpatterns.exactly_once.prepared import GID_PREFIX, gid_for, widen_xid
+from dbpatterns.exactly_once.gids import GID_PREFIX, gid_for, invocation_of, widen_xid
 from dbpatterns.stack import ServiceProcess
 from tests.conftest import side_stack
 from tests.failpoint_checks import assert_fired
@@ -47,6 +47,20 @@ def prepared_gids(db: psycopg.Connection[Any]) -> list[str]:
         "SELECT gid FROM pg_prepared_xacts WHERE starts_with(gid, %s)", (GID_PREFIX,)
     ).fetchall()
     return [str(r[0]) for r in rows]
+
+
+def prepared_gids_of(db: psycopg.Connection[Any], invocation: str) -> list[str]:
+    """The prepared transactions of ``invocation``'s calls (``<prefix><invocation id>:...``)."""
+    return [gid for gid in prepared_gids(db) if gid.startswith(f"{GID_PREFIX}{invocation}:")]
+
+
+def gid_of(response: httpx.Response) -> str:
+    """The gid a successful call answered with: ``<prefix><call id>``, the call id naming the
+    call's invocation."""
+    gid = str(response.json()["transaction"])
+    assert gid == gid_for(gid.removeprefix(GID_PREFIX)), gid  # a well-formed call id
+    assert invocation_of(gid) == response.headers["x-restate-id"], gid
+    return gid
 
 
 def pool_sessions(db: psycopg.Connection[Any]) -> dict[str, int]:
@@ -97,12 +111,7 @@ def test_update_adds_the_credits_once_and_commits_its_prepared_transaction(
     user = new_user(credits=100)
     response = update(ingress, user, 5)
     assert response.status_code == 200, response.text
-    invocation = response.headers["x-restate-id"]
-    assert response.json() == {
-        "committed": True,
-        "credits": 105,
-        "transaction": gid_for(invocation),
-    }
+    assert response.json() == {"committed": True, "credits": 105, "transaction": gid_of(response)}
     assert credits_of(db, user) == 105
     assert_quiet(db)
 
@@ -155,8 +164,8 @@ def test_update_adds_once_when_a_step_fails_once_at(
     failpoints_file: Path,
 ) -> None:
     """after-prepare: the retry finds the transaction prepared under its gid and adopts it.
-    after-commit: the retry's COMMIT PREPARED fails with 42704 and pg_xact_status says
-    committed. Either way the credits are added exactly once."""
+    after-commit: the retry's COMMIT PREPARED fails with 42704 and finds the result row, which
+    committed with the transaction. Either way the credits are added exactly once."""
     user = new_user(credits=100)
     failpoint(point, "1*error")
     response = update(ingress, user, 5)
@@ -186,7 +195,7 @@ def test_a_retry_adopts_the_transaction_an_earlier_attempt_prepared(
     assert_fired(failpoints_file, "twoPhaseCommit.update.after-prepare")
     assert response.status_code == 200, response.text
     invocation = response.headers["x-restate-id"]
-    gid = gid_for(invocation)
+    gid = gid_of(response)
     assert response.json() == {"committed": True, "credits": 105, "transaction": gid}
     assert len(service_log_lines(service, f"adopted {gid} ")) == 1
     assert len(service_log_lines(service, "committed (", invocation)) == 1
@@ -203,20 +212,37 @@ def test_a_zombie_that_wakes_after_the_retry_prepared_adopts_and_rolls_back_noth
     new_user: Callable[..., str],
     failpoint: Callable[[str, str], None],
     failpoints_file: Path,
+    service: ServiceProcess,
 ) -> None:
-    """While the attempt is held at before-leftover-check, the transaction a retry of the same
-    invocation would prepare (the credits, and the balance recorded as its result) is prepared
-    under its gid, here by hand, noting its xid. The attempt wakes, adopts it and commits
-    exactly that one: the call succeeds, once."""
-    point = "twoPhaseCommit.update.before-leftover-check"
+    """While an attempt is held at before-leftover-check, the transaction a retry of the same
+    call would prepare (the credits, and the balance recorded as its result) is prepared under
+    its gid, here by hand, noting its xid. The attempt wakes, adopts it and commits exactly that
+    one, rolling back nothing: the call succeeds, once.
+
+    The gid is the call's id, drawn from the invocation's deterministic random, so the test
+    learns it from a first attempt: that one prepares and then fails (after-prepare); once its
+    retry is held, the test rolls the first attempt's transaction back and prepares its own."""
+    held = "twoPhaseCommit.update.before-leftover-check"
+    first_fails = "twoPhaseCommit.update.after-prepare"
     user = new_user(credits=100)
-    failpoint(point, "1*sleep(3000)")
+    failpoint(first_fails, "1*error")
+    failpoint(held, "2*sleep(5000)")  # the first attempt sleeps there too, harmlessly
     sent = update(ingress, user, 5, send=True)
     assert sent.status_code == 202, sent.text
     invocation = sent.json()["invocationId"]
-    wait_for(lambda: failpoints.spent(failpoints_file, point), 10, "the attempt to reach it")
-    assert_fired(failpoints_file, point)
+    wait_for(lambda: failpoints.spent(failpoints_file, held), 20, "the retry to be held")
+    assert_fired(failpoints_file, first_fails)
+    assert_fired(failpoints_file, held)
+    (gid,) = prepared_gids_of(db, invocation)
+    first = db.execute(
+        "SELECT transaction::text::bigint, pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
+        " FROM pg_prepared_xacts WHERE gid = %s",
+        (gid,),
+    ).fetchone()
+    assert first is not None
+    first_xid = widen_xid(int(first[0]), int(first[1]))
     with psycopg.connect(database_url, autocommit=True) as other_attempt:
+        other_attempt.execute(sql.SQL("ROLLBACK PREPARED {}").format(sql.Literal(gid)))
         other_attempt.execute("BEGIN")
         row = other_attempt.execute(
             "UPDATE users SET credits = credits + 5, version = version + 1 WHERE userid = %s"
@@ -227,17 +253,18 @@ def test_a_zombie_that_wakes_after_the_retry_prepared_adopts_and_rolls_back_noth
         xid = int(row[0])
         other_attempt.execute(
             "INSERT INTO exactly_once_prepared_results (gid, result) VALUES (%s, %s)",
-            (gid_for(invocation), Jsonb({"credits": 105, "version": 1})),
+            (gid, Jsonb({"credits": 105, "version": 1})),
         )
-        other_attempt.execute(
-            sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid_for(invocation)))
-        )
+        other_attempt.execute(sql.SQL("PREPARE TRANSACTION {}").format(sql.Literal(gid)))
 
     outcome = ingress.http.get(f"/restate/invocation/{invocation}/attach")
 
     assert outcome.status_code == 200, outcome.text
-    assert outcome.json() == {"committed": True, "credits": 105, "transaction": gid_for(invocation)}
+    assert outcome.json() == {"committed": True, "credits": 105, "transaction": gid}
     assert xact_status(db, xid) == "committed"
+    assert xact_status(db, first_xid) == "aborted"  # rolled back by the test, not committed
+    assert len(service_log_lines(service, f"adopted {gid} (xid {xid})")) == 1
+    assert service_log_lines(service, "rolled back", gid) == []
     row = db.execute("SELECT credits, version FROM users WHERE userid = %s", (user,)).fetchone()
     assert row == (105, 1)
     assert_quiet(db)
@@ -265,7 +292,7 @@ def test_an_adopted_xid_is_the_one_the_transaction_noted(
 ) -> None:
     """Against the server: pg_prepared_xacts' 32-bit xid widens to pg_current_xact_id()."""
     user = new_user()
-    gid = gid_for("inv_1" + uuid.uuid4().hex[:32])
+    gid = gid_for(f"inv_1{uuid.uuid4().hex}:{uuid.uuid4().hex[:16]}")
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("BEGIN")
         noted = conn.execute(
@@ -306,7 +333,7 @@ def test_a_cancelled_invocation_rolls_back_its_prepared_transaction(
     sent = update(ingress, user, 5, send=True)
     assert sent.status_code == 202, sent.text
     invocation = sent.json()["invocationId"]
-    wait_for(lambda: gid_for(invocation) in prepared_gids(db), 10, "the transaction to prepare")
+    wait_for(lambda: bool(prepared_gids_of(db, invocation)), 10, "the transaction to prepare")
     assert_fired(failpoints_file, "twoPhaseCommit.update.after-prepare")
     cancel = admin.http.patch(f"/invocations/{invocation}/cancel")
     assert cancel.status_code in (200, 202), cancel.text
