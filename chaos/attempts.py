@@ -98,10 +98,14 @@ class ZombieSQL:
     reached: int  # statements that reached the database after the resume
     refused: int  # statements after the resume whose session was gone
     sqlstates: tuple[str, ...]  # of the refused ones
+    #: SQLSTATEs of the statements that reached the database and that it answered with an
+    #: error (a constraint, a deadline's fence: 22023)
+    errors: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         refused = f", {self.refused} refused ({', '.join(self.sqlstates)})" if self.refused else ""
-        return f"{self.reached} statement(s) reached the database after the resume{refused}"
+        errors = f", answered with {', '.join(self.errors)}" if self.errors else ""
+        return f"{self.reached} statement(s) reached the database after the resume{errors}{refused}"
 
 
 def zombie_sql(
@@ -111,8 +115,10 @@ def zombie_sql(
     since = dict(resumed)
     after = [line for line in lines if line["pid"] in since and line["t"] >= since[line["pid"]]]
     refused = [line for line in after if not reached_database(line)]
+    errors = [line for line in after if reached_database(line) and not line.get("ok")]
     return ZombieSQL(
         reached=len(after) - len(refused),
         refused=len(refused),
         sqlstates=tuple(sorted({str(line.get("sqlstate")) for line in refused})),
+        errors=tuple(sorted({str(line.get("sqlstate")) for line in errors})),
     )

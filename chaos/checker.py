@@ -184,7 +184,7 @@ def judge_ledger(users: Iterable[User], readings: Mapping[str, Reading]) -> Ledg
                 )
             )
             if kind == DUPLICATE:
-                ledger.duplicates += applied - 1
+                ledger.duplicates += applied - op.handler.applications
                 ledger.duplicated_operations += 1
             elif kind == LOST_UPDATE:
                 ledger.lost_updates += 1
@@ -194,9 +194,12 @@ def judge_ledger(users: Iterable[User], readings: Mapping[str, Reading]) -> Ledg
 
 
 def _anomaly(op: Operation, applied: int) -> str | None:
-    if applied >= 2:
+    """``applied``: how many times the operation's amount was added; an operation of a handler
+    that makes ``k`` calls adds it ``k`` times when applied once (``CreditHandler.applications``),
+    so fewer than ``k`` for an acknowledged one is a call's lost update."""
+    if applied > op.handler.applications:
         return DUPLICATE
-    if op.outcome == Outcome.ACKNOWLEDGED and applied == 0:
+    if op.outcome == Outcome.ACKNOWLEDGED and applied < op.handler.applications:
         return LOST_UPDATE
     if op.outcome == Outcome.FAILED and applied:
         return APPLIED_THOUGH_FAILED

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chaos import report
-from chaos.cells import Cell, cluster_cells, cluster_load_cells, mixed_storm_cell, quick_cells
+from chaos.cells import Cell, cluster_cells, cluster_load_cells, mixed_storm_cell
 from chaos.scenarios import CellRunner, ZombieCut
 from chaos.supervisor import (
     CHAOS_CLUSTER_RESTATE_ENV,
@@ -35,6 +35,7 @@ from chaos.supervisor import (
     SOAK_TOKEN_TTL,
     ChaosStack,
 )
+from chaos.table import quick_cells
 from chaos.verdict import CellResult
 from chaos.workload import Operation, Workload
 from dbpatterns.config import PROJECT_ROOT

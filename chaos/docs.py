@@ -11,7 +11,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from chaos.cells import Cell, quick_cells
+from chaos.cells import Cell
+from chaos.table import quick_cells
 from dbpatterns import failpoints
 
 README = Path(__file__).resolve().parent / "README.md"

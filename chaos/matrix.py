@@ -46,7 +46,9 @@ EMPTY = "empty"
 
 # Expectations that are the pattern's promise; any other expectation is a negative control's
 # anomaly ("duplicate", "lost update", ...).
-PROMISES = frozenset({"exactly once", "not applied", "applied, call killed"})
+PROMISES = frozenset(
+    {"exactly once", "not applied", "applied, call killed", "as answered", "at most once"}
+)
 
 COLOURS = {
     AS_PROMISED: "#8fd18f",

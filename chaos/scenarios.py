@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from functools import partial
 
 import psycopg
+from psycopg import sql
 
-from chaos import attempts
+from chaos import attempts, endings
 from chaos.cells import (
     HOLD_MS,
     NONE_DECLARED,
@@ -30,6 +31,7 @@ from chaos.cells import (
     TWO_PC_BEFORE_COMMIT,
     TWO_PC_BEFORE_LEFTOVER_CHECK,
     Cell,
+    Expect,
     Fault,
     points_of,
 )
@@ -40,19 +42,24 @@ from chaos.checker import (
     invocations_not_completed,
     late_writes,
 )
+from chaos.logs import log_since, log_size
 from chaos.node_faults import NodeFaults
 from chaos.supervisor import CHAOS_IDLE_IN_TRANSACTION_MS, ChaosStack, FaultCounts, Zombie
 from chaos.verdict import CellResult, Trial, judge
 from chaos.workload import (
+    BRIEF_DEPOSIT,
     IDEMPOTENCY_UPDATE,
+    CreditHandler,
     Operation,
+    Outcome,
     Running,
     User,
     Workload,
     create_users,
 )
 from dbpatterns import failpoints, janitor
-from dbpatterns.exactly_once.prepared import gid_for
+from dbpatterns.exactly_once.gids import GID_PREFIX
+from dbpatterns.examples import shapes
 from dbpatterns.stack import LabError, RestateCluster, wait_until
 
 #: Operations per user in a storm: several on one key (contention), within the digits a user has.
@@ -209,12 +216,16 @@ class CellRunner(NodeFaults):
             Fault.NODE_KILLED: self._node_fault,
             Fault.LEADER_PAUSED: self._node_fault,
             Fault.LEADER_ISOLATED: self._node_fault,
+            Fault.CANCELLED: partial(endings.cancelled, self),
+            Fault.CANCELLED_WHILE_FROZEN: partial(endings.ended_while_frozen, self),
+            Fault.KILLED_WHILE_FROZEN: partial(endings.ended_while_frozen, self),
+            Fault.KILLED_WHILE_FROZEN_PAST_DEADLINE: partial(endings.ended_while_frozen, self),
         }
         if cell.load:
             return self._under_load(cell, trial)
         return provoke[cell.fault](cell, trial)
 
-    def _users(self, cell: Cell) -> list[User]:
+    def users_of(self, cell: Cell) -> list[User]:
         """One fresh user per operation, each with its one operation through the cell's handler."""
         users = create_users(self.stack.database_url, cell.operations, ledger=cell.handler.ledger)
         for user in users:
@@ -225,7 +236,7 @@ class CellRunner(NodeFaults):
 
     def _kill(self, cell: Cell, trial: Trial) -> list[User]:
         assert cell.point is not None
-        users = self._users(cell)
+        users = self.users_of(cell)
         self.stack.failpoints.set({cell.point: "1*kill"})
         self.workload.run_all(_ops(users))
         if self.stack.failpoints.remaining(cell.point) != 0:
@@ -237,19 +248,20 @@ class CellRunner(NodeFaults):
     def _zombie(self, cell: Cell, trial: Trial) -> list[User]:
         assert cell.point is not None
         stack = self.stack
-        users = self._users(cell)
+        users = self.users_of(cell)
         earlier = self._invocations_not_completed()
         # A zombie racing the retry for a lock must be resumed before Postgres's idle timeout
         # ends its session, and the token-expiry control waits for the expiry: both need the
         # retry to start at once, not after Restate's own timeouts.
         at_once = (
             self.zombie_cut == ZombieCut.AT_ONCE
+            or cell.cut_at_once
             or cell.races_a_lock
             or cell.fault == Fault.ZOMBIE_AFTER_TOKEN_EXPIRY
         )
         stack.reset_zombie_connections_at_once = at_once
         try:
-            running, zombie = self._start_until_paused(users, {cell.point: "1*pause"}, trial)
+            running, zombie = self.start_until_paused(users, {cell.point: "1*pause"}, trial)
         finally:
             stack.reset_zombie_connections_at_once = True
         if zombie is None:
@@ -289,22 +301,26 @@ class CellRunner(NodeFaults):
             idle = CHAOS_IDLE_IN_TRANSACTION_MS / 1000 + 0.5
             time.sleep(max(0.0, paused + idle - time.monotonic()))
         if cell.fault == Fault.ZOMBIE_AFTER_TOKEN_EXPIRY:
-            if not self._wait_tokens_expired(trial, timeout=40):
+            if not self._wait_tokens_expired(trial, cell.handler):
                 trial.problems.append("the idempotency token did not expire")
             else:
                 trial.notes.append("the retry's idempotency token had expired")
-        log_mark = _log_size(zombie.slot.service.log_path)
-        stack.resume_zombie(zombie, linger=2.0)
+        self.resume_noting(zombie, trial)
         running.wait()
+        return users
+
+    def resume_noting(self, zombie: Zombie, trial: Trial, linger: float = 2.0) -> None:
+        """Resume the zombie, let it linger, and note the last lines it logged meanwhile."""
+        mark = log_size(zombie.slot.service.log_path)
+        self.stack.resume_zombie(zombie, linger=linger)
         woke = [
             line
-            for line in _log_since(zombie.slot.service.log_path, log_mark)
+            for line in log_since(zombie.slot.service.log_path, mark)
             if not line.startswith("---")
         ]
         trial.notes.append("zombie log after resume: " + (" | ".join(woke[-3:]) or "(nothing)"))
-        return users
 
-    def _start_until_paused(
+    def start_until_paused(
         self, users: list[User], actions: dict[str, str], trial: Trial
     ) -> tuple[Running, Zombie | None]:
         """Switch ``actions`` on (one of them a ``1*pause``), send the users' operations, and
@@ -340,17 +356,31 @@ class CellRunner(NodeFaults):
 
         return seen[0][:200] if wait_until(gave_up, timeout, interval=0.2) else None
 
-    def _tokens_of_this_cell(self, trial: Trial) -> set[str]:
-        """The idempotency tokens inserted since the cell started."""
+    def _tokens_of_this_cell(self, trial: Trial, handler: CreditHandler) -> set[str]:
+        """The idempotency tokens ``handler`` inserted since the cell started."""
+        table, _ = self._tokens(handler)
         with psycopg.connect(self.stack.database_url, autocommit=True) as conn:
             rows = conn.execute(
-                "SELECT id FROM user_idempotency WHERE created_at >= to_timestamp(%s)",
+                sql.SQL("SELECT id FROM {} WHERE created_at >= to_timestamp(%s)").format(
+                    sql.Identifier(table)
+                ),
                 (trial.started - 1,),
             ).fetchall()
         return {str(token) for (token,) in rows}
 
-    def _wait_tokens_expired(self, trial: Trial, timeout: float) -> bool:
-        return wait_until(lambda: not self._tokens_of_this_cell(trial), timeout, interval=0.2)
+    def _tokens(self, handler: CreditHandler) -> tuple[str, timedelta]:
+        """The token table of an idempotent handler, and its TTL."""
+        if handler == BRIEF_DEPOSIT:
+            return shapes.TOKENS_TABLE, shapes.BRIEF_TTL
+        return "user_idempotency", self.stack.token_ttl
+
+    def _wait_tokens_expired(self, trial: Trial, handler: CreditHandler) -> bool:
+        """Until the handler's tokens of this cell are gone: two TTLs after the call, and the
+        expiry's own delay after that."""
+        timeout = 2 * self._tokens(handler)[1].total_seconds() + 20
+        return wait_until(
+            lambda: not self._tokens_of_this_cell(trial, handler), timeout, interval=0.2
+        )
 
     # --- the lost-update control ----------------------------------------------------------------
 
@@ -364,7 +394,9 @@ class CellRunner(NodeFaults):
         (user,) = create_users(stack.database_url, 1, ledger=versioned.ledger)
         held = user.operation(versioned)
         outside = user.operation(outsider)
-        stack.failpoints.set({cell.point: f"1*sleep({HOLD_MS * 2})"})
+        # Held less than the harness's inactivity timeout (2 s), so Restate does not give up on
+        # the held attempt and run the write a second time.
+        stack.failpoints.set({cell.point: f"1*sleep({HOLD_MS})"})
         running = self.workload.start([held])
         if not wait_until(lambda: stack.failpoints.remaining(cell.point or "") == 0, 20, 0.02):
             trial.problems.append(f"{held.handler.name} never reached {cell.point}")
@@ -375,6 +407,12 @@ class CellRunner(NodeFaults):
             trial.counts["outside_writes_inside_the_window"] = 1
             trial.notes.append(f"the outside write committed while {versioned.name} was held")
         running.wait()
+        trial.notes.append(f"the held write's answer: {held.status} {held.answer[:160]}")
+        if cell.expect == Expect.AS_ANSWERED and held.outcome != Outcome.FAILED:
+            trial.problems.append(
+                f"the versioned write answered {held.status}: it did not refuse the row another "
+                "writer had moved"
+            )
         return [user]
 
     # --- faults while operations are held ------------------------------------------------------
@@ -385,7 +423,7 @@ class CellRunner(NodeFaults):
         point = cell.point
         assert point is not None
         stack = self.stack
-        users = self._users(cell)
+        users = self.users_of(cell)
         stack.failpoints.set({point: f"{cell.operations}*sleep({ms})"})
         running = self.workload.start(_ops(users))
         if not wait_until(lambda: stack.failpoints.remaining(point) == 0, 20, 0.02):
@@ -418,7 +456,7 @@ class CellRunner(NodeFaults):
         point = cell.point
         assert point is not None
         stack = self.stack
-        users = self._users(cell)
+        users = self.users_of(cell)
         target = f"{cell.handler.service}/{cell.handler.handler}"
         earlier = self._invocations_not_completed(target)
         stack.failpoints.set({point: f"1*sleep({HOLD_MS * 4})"})
@@ -429,17 +467,17 @@ class CellRunner(NodeFaults):
             return users
         killed = sorted(self._invocations_not_completed(target) - earlier)
         children_before = self._scheduled_children(killed)
-        log_marks = {slot.name: _log_size(slot.service.log_path) for slot in stack.slots}
+        log_marks = {slot.name: log_size(slot.service.log_path) for slot in stack.slots}
         for invocation in killed:
             stack.kill_invocation(invocation)
         running.wait()
         trial.notes += [f"answer: {op.status} {op.answer[:160]}" for op in _ops(users)]
-        if cell.handler == IDEMPOTENCY_UPDATE:
-            return users + self._expire_a_killed_token(trial, children_before, killed)
+        if cell.handler in (IDEMPOTENCY_UPDATE, BRIEF_DEPOSIT):
+            return users + self._expire_a_killed_token(cell.handler, trial, children_before, killed)
         prepared = check_leftovers(
             stack.database_url, stack.admin, settle=0, earlier=trial.earlier
         ).prepared
-        listed = {i for i in killed if any(g.startswith(gid_for(i) + " ") for g in prepared)}
+        listed = {i for i in killed if any(g.startswith(f"{GID_PREFIX}{i}:") for g in prepared)}
         verdicts = [
             v for v in janitor.sweep(stack.settings, grace=timedelta(0)) if v.invocation in killed
         ]
@@ -449,9 +487,9 @@ class CellRunner(NodeFaults):
         # its pass lands between the count above and this sweep, the sweep finds nothing to
         # do. Its log line naming the gid is the evidence that a janitor rolled it back.
         for slot in stack.slots:
-            for line in _log_since(slot.service.log_path, log_marks[slot.name]):
+            for line in log_since(slot.service.log_path, log_marks[slot.name]):
                 for invocation in set(killed) - rolled_back:
-                    if f"janitor: {gid_for(invocation)} " in line and "-> rolled back" in line:
+                    if f"janitor: {GID_PREFIX}{invocation}:" in line and "-> rolled back" in line:
                         rolled_back.add(invocation)
                         trial.notes.append(f"rolled back by {slot.name}'s own janitor: {line}")
         # Prepared after the kill: listed by the harness, or (when a service's janitor came
@@ -467,29 +505,29 @@ class CellRunner(NodeFaults):
         return sum(1 for r in rows if r.get("invoked_by_id") in parents)
 
     def _expire_a_killed_token(
-        self, trial: Trial, children_before: int, killed: list[str]
+        self, handler: CreditHandler, trial: Trial, children_before: int, killed: list[str]
     ) -> list[User]:
         """A kill through Restate kills the invocation's scheduled expiry with it (a delayed
         one-way call is a child of the invocation): count that, then show that the token goes
-        all the same, with the expiry of the next call, which also deletes every older token."""
+        all the same, with the expiry of the next call, which also deletes every expired token
+        (a token expires two TTLs after its call started: the deadline, and as long again)."""
         stack = self.stack
         trial.counts["expiries_scheduled_before_the_kill"] = children_before
         trial.counts["expiries_killed_with_it"] = children_before - self._scheduled_children(killed)
-        tokens = self._tokens_of_this_cell(trial)
+        tokens = self._tokens_of_this_cell(trial, handler)
         trial.counts["tokens_of_killed_calls"] = len(tokens)
-        (next_user,) = create_users(stack.database_url, 1)
-        self.workload.run(next_user.operation(IDEMPOTENCY_UPDATE))
-        ttl = stack.token_ttl.total_seconds()
+        (next_user,) = create_users(stack.database_url, 1, ledger=handler.ledger)
+        self.workload.run(next_user.operation(handler))
+        waited = 2 * self._tokens(handler)[1].total_seconds() + 20
 
         def left() -> int:
-            return len(tokens & self._tokens_of_this_cell(trial))
+            return len(tokens & self._tokens_of_this_cell(trial, handler))
 
-        wait_until(lambda: left() == 0, ttl + 20, 0.2)
+        wait_until(lambda: left() == 0, waited, 0.2)
         trial.counts["tokens_left_after_the_next_expiry"] = left()
         if trial.counts["tokens_left_after_the_next_expiry"]:
             trial.problems.append(
-                f"the killed call's token is still there {ttl:g} s + 20 s after the next call: "
-                "leaked"
+                f"the killed call's token is still there {waited:g} s after the next call: leaked"
             )
         return [next_user]
 
@@ -500,9 +538,9 @@ class CellRunner(NodeFaults):
         journals the PREPARE, and is held before its COMMIT PREPARED. A wakes: it finds B's
         prepared transaction and must leave it alone, so that B's commit succeeds."""
         stack = self.stack
-        users = self._users(cell)
+        users = self.users_of(cell)
         actions = {TWO_PC_BEFORE_LEFTOVER_CHECK: "1*pause", TWO_PC_BEFORE_COMMIT: "1*sleep(4000)"}
-        running, zombie = self._start_until_paused(users, actions, trial)
+        running, zombie = self.start_until_paused(users, actions, trial)
         if zombie is None:
             return users
         if wait_until(lambda: stack.failpoints.remaining(TWO_PC_BEFORE_COMMIT) == 0, 30, 0.02):
@@ -521,14 +559,14 @@ class CellRunner(NodeFaults):
         again and prepares that under the same gid. Then C runs COMMIT PREPARED gid: whatever
         it commits must not be A's transaction."""
         stack = self.stack
-        users = self._users(cell)
+        users = self.users_of(cell)
         killed_before = stack.faults.service_killed
         actions = {
             TWO_PC_BEFORE_LEFTOVER_CHECK: "1*pause",
             TWO_PC_BEFORE_COMMIT: f"2*sleep({HOLD_MS * 2})",
             TWO_PC_AFTER_COMMIT: "1*kill",
         }
-        running, zombie = self._start_until_paused(users, actions, trial)
+        running, zombie = self.start_until_paused(users, actions, trial)
         if zombie is None:
             return users
         c_is_held = wait_until(
@@ -561,7 +599,11 @@ class CellRunner(NodeFaults):
             count = cell.operations // len(cell.handlers) + (
                 1 if index < cell.operations % len(cell.handlers) else 0
             )
-            mine = create_users(stack.database_url, math.ceil(count / STORM_OPS_PER_USER))
+            mine = create_users(
+                stack.database_url,
+                math.ceil(count / STORM_OPS_PER_USER),
+                ledger=handler.ledger,
+            )
             ops += [mine[i % len(mine)].operation(handler) for i in range(count)]
             users += mine
         rnd.shuffle(ops)
@@ -654,19 +696,3 @@ class _HarnessChaos:
         self.stack.isolate_node(name)
         time.sleep(self.random.uniform(3.0, 40.0))
         self.stack.heal_node(name)
-
-
-def _log_size(path: Any) -> int:
-    try:
-        return int(path.stat().st_size)
-    except OSError:
-        return 0
-
-
-def _log_since(path: Any, offset: int) -> list[str]:
-    try:
-        with open(path, errors="replace") as f:
-            f.seek(offset)
-            return [line.strip() for line in f.read().splitlines() if line.strip()]
-    except OSError:
-        return []

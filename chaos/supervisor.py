@@ -48,7 +48,7 @@ from dbpatterns import failpoints, migrate
 from dbpatterns.client import Admin
 from dbpatterns.config import Settings
 from dbpatterns.db import APPLICATION_NAME
-from dbpatterns.exactly_once.prepared import INVOCATION_ID
+from dbpatterns.exactly_once.calls import INVOCATION_ID
 from dbpatterns.stack import (
     LabError,
     PostgresServer,
@@ -82,14 +82,11 @@ CHAOS_CLUSTER_RESTATE_ENV = CHAOS_RESTATE_ENV | {
     "RESTATE_WORKER__INVOKER__INACTIVITY_TIMEOUT": "10s",
 }
 
-#: How long ``idempotency.update`` keeps a token in the harness's quick profile: short, so the
-#: negative control's zombie can outlive it; longer than any of the other cells needs its token.
-#: The expiry is scheduled when the call starts, so the TTL must also outlast the retry of a
-#: zombie cell (Restate gives up on the paused attempt after about 8 s) plus the zombie's run:
-#: a token inserted after its expiry ran would stay for good. Not for random pauses (the soak),
-#: which freeze every invocation of the process at any point, including before the token is
-#: claimed: a zombie that outlives the TTL there adds twice, the window the pattern documents.
-CHAOS_TOKEN_TTL = timedelta(seconds=12)
+#: ``idempotency.update``'s token TTL in the quick profile, which is also its calls' deadline:
+#: long enough for every cell's call to commit within it (a zombie cell's retry comes about 8 s
+#: after the pause, when Restate gives up on the paused attempt). The cells that wait out a
+#: TTL use ``shapesBrief``, whose tokens live seconds (``dbpatterns.examples.shapes``).
+CHAOS_TOKEN_TTL = timedelta(seconds=60)
 #: The TTL of a stack whose processes are paused at random (soak): far longer than a zombie
 #: lives there (``auto_resume_after`` plus its linger).
 SOAK_TOKEN_TTL = timedelta(minutes=10)
@@ -210,6 +207,7 @@ class FaultCounts:
     postgres_restarted: int = 0
     terminate_events: int = 0
     invocations_killed: int = 0  # through Restate's admin API
+    invocations_cancelled: int = 0  # through Restate's admin API
     sessions_terminated: int = 0  # the effect of the terminate events
     nodes_killed: int = 0  # a restate-server node of a cluster, SIGKILL
     nodes_paused: int = 0  # a restate-server node of a cluster, SIGSTOP ...
@@ -225,6 +223,7 @@ class FaultCounts:
         "postgres_restarted",
         "terminate_events",
         "invocations_killed",
+        "invocations_cancelled",
         "nodes_killed",
         "nodes_paused",
         "nodes_isolated",
@@ -746,6 +745,13 @@ class ChaosStack:
         response.raise_for_status()
         self.faults.invocations_killed += 1
         log.warning("invocation %s killed through the admin API", invocation_id)
+
+    def cancel_invocation(self, invocation_id: str) -> None:
+        """Cancel an invocation through Restate's admin API (``restate invocations cancel``)."""
+        response = self.admin.http.patch(f"/invocations/{invocation_id}/cancel")
+        response.raise_for_status()
+        self.faults.invocations_cancelled += 1
+        log.warning("invocation %s cancelled through the admin API", invocation_id)
 
     def terminate_service_connections(self) -> int:
         """``pg_terminate_backend`` on every session of the service; returns how many."""

@@ -64,14 +64,18 @@ class CellResult:
         if ledger.lost_updates:
             seen.append(str(Expect.LOST_UPDATE))
         if ledger.applied_though_failed:
-            if ledger.failed == ledger.applied_though_failed:
-                seen.append(str(Expect.APPLIED_CALL_KILLED))
-            else:
+            if ledger.failed != ledger.applied_though_failed:
                 seen.append("applied though failed")
+            elif self.cell.fault in (Fault.CANCELLED, Fault.CANCELLED_WHILE_FROZEN):
+                seen.append("applied, call cancelled")
+            else:
+                seen.append(str(Expect.APPLIED_CALL_KILLED))
         if seen:
             return " + ".join(seen)
         if ledger.failed == ledger.operations:
             return Expect.NOT_APPLIED
+        if ledger.failed:
+            return Expect.AS_ANSWERED
         return Expect.EXACTLY_ONCE
 
     def as_dict(self) -> dict[str, Any]:
@@ -111,6 +115,7 @@ class CellResult:
                 "reached": self.zombie_sql.reached,
                 "refused": self.zombie_sql.refused,
                 "sqlstates": list(self.zombie_sql.sqlstates),
+                "errors": list(self.zombie_sql.errors),
             },
             "late_writes": self.late_writes,
             "prepared_transactions_left": self.leftovers.prepared_transactions,
@@ -135,6 +140,11 @@ def _histogram(values: list[int]) -> dict[str, int]:
     return out
 
 
+#: Cells whose zombie wakes after its call's deadline: the fence must refuse it (22023).
+FENCED = frozenset({Fault.ZOMBIE_AFTER_TOKEN_EXPIRY, Fault.KILLED_WHILE_FROZEN_PAST_DEADLINE})
+FENCE_SQLSTATE = "22023"
+
+
 def judge(result: CellResult) -> None:
     """Turn what a cell observed into its problems: an empty list is a PASS."""
     cell, ledger, left = result.cell, result.ledger, result.leftovers
@@ -148,7 +158,7 @@ def judge(result: CellResult) -> None:
         problems.append(f"{ledger.acknowledged} operation(s) acknowledged, none expected")
     if expect == Expect.APPLIED_CALL_KILLED and not ledger.failed:
         problems.append("no call was killed")
-    if expect not in (Expect.NOT_APPLIED, Expect.APPLIED_CALL_KILLED) and ledger.failed:
+    if expect in (Expect.EXACTLY_ONCE, Expect.DUPLICATE, Expect.LOST_UPDATE) and ledger.failed:
         problems.append(f"{ledger.failed} operation(s) failed")
     if ledger.unexplained_users:
         problems.append(f"{ledger.unexplained_users} user(s) whose balance does not decode")
@@ -177,12 +187,13 @@ def judge(result: CellResult) -> None:
                 f"{ledger.applied_though_failed} of {ledger.failed} killed call(s) applied: "
                 "each committed before the kill"
             )
-    elif ledger.applied_though_failed:
+    elif ledger.applied_though_failed and expect != Expect.AT_MOST_ONCE:
         problems.append(f"{ledger.applied_though_failed} failed operation(s) applied")
     expected_kind = {
         Expect.DUPLICATE: "duplicate",
         Expect.LOST_UPDATE: "lost update",
         Expect.APPLIED_CALL_KILLED: "applied though failed",
+        Expect.AT_MOST_ONCE: "applied though failed",
     }.get(expect)
     problems += [f"anomaly: {a}" for a in ledger.anomalies if a.kind != expected_kind][:5]
     if cell.fault.is_zombie:
@@ -196,6 +207,11 @@ def judge(result: CellResult) -> None:
         elif sql is None or not sql.reached:
             problems.append(
                 f"the zombie ran no SQL after it resumed ({sql}): two attempts never raced"
+            )
+        elif cell.fault in FENCED and FENCE_SQLSTATE not in sql.errors:
+            problems.append(
+                f"the zombie's transaction was not refused by its deadline's fence ({sql}): "
+                "it resumed too early, or the fence let it through"
             )
     if left.prepared_transactions:
         problems.append(f"{left.prepared_transactions} prepared transaction(s) left")

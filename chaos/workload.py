@@ -51,10 +51,15 @@ class Ledger:
                     "INSERT INTO users (userid, name, address, credits) VALUES (%s, %s, %s, %s)",
                     [(k, "Chaos User", "1 Fault Line", initial) for k in keys],
                 )
-            else:  # an invoice, due far more than any cell pays
+            elif self.table == "invoices":  # an invoice, due far more than any cell pays
                 cur.executemany(
                     "INSERT INTO invoices (invoice_id, amount_due, paid) VALUES (%s, %s, %s)",
                     [(k, 10**12, initial) for k in keys],
+                )
+            else:
+                cur.executemany(
+                    "INSERT INTO shapes_accounts (account_id, balance) VALUES (%s, %s)",
+                    [(k, initial) for k in keys],
                 )
 
 
@@ -64,6 +69,11 @@ USERS = Ledger("users", "userid", "credits")
 #: ``invoices.paid`` and logs each one in ``invoice_payments``.
 INVOICES = Ledger(
     "invoices", "invoice_id", "paid", log=("invoice_payments", "invoice_id", "amount")
+)
+#: The shapes example (``dbpatterns.examples.shapes``) deposits into ``shapes_accounts.balance``
+#: and logs each deposit in ``shapes_entries``.
+SHAPES = Ledger(
+    "shapes_accounts", "account_id", "balance", log=("shapes_entries", "account_id", "amount")
 )
 
 
@@ -80,6 +90,9 @@ class CreditHandler:
     ledger: Ledger = USERS
     #: The body's two fields: the row's id and the amount to add.
     fields: tuple[str, str] = ("userId", "addCredits")
+    #: How many times one operation adds its amount: 2 for a handler that makes two calls of a
+    #: pattern in one invocation (each adds the amount, each counts one write).
+    applications: int = 1
 
     def request(self, user_id: str, delta: int) -> tuple[str | None, Any]:
         """(object key, body) of a call adding ``delta`` to ``user_id``'s row."""
@@ -129,6 +142,45 @@ SAME_PATTERN_AS = {
     INVOICES_PAY_TWO_PHASE.name: TWO_PHASE_COMMIT_UPDATE,
     INVOICE_PAY.name: KEYED_UPDATE_CONDITIONAL,
 }
+
+# The shapes example's handlers: the library used as users' handlers use it.
+_DEPOSIT = ("accountId", "amount")
+
+
+def _shape(name: str, applications: int = 1, exactly_once: bool = True) -> CreditHandler:
+    service, handler = name.split(".")
+    keyed = service == "shapesAccount"
+    return CreditHandler(
+        name, service, handler, keyed, exactly_once, SHAPES, _DEPOSIT, applications
+    )
+
+
+DEPOSIT_TWICE = _shape("shapes.depositTwice", 2)
+DEPOSIT_TOGETHER = _shape("shapes.depositTogether", 2)
+DEPOSIT_NOTHING = _shape("shapes.depositNothing")
+DEPOSIT_SERIALIZABLE = _shape("shapes.depositSerializable")
+PREPARE_TWICE = _shape("shapes.prepareTwice", 2)
+PREPARE_TOGETHER = _shape("shapes.prepareTogether", 2)
+PREPARE_MAYBE = _shape("shapes.prepareMaybe")
+BRIEF_DEPOSIT = _shape("shapesBrief.deposit")
+ACCOUNT_DEPOSIT = _shape("shapesAccount.deposit")
+#: The negative control: a versioned write that forgets its version condition.
+ACCOUNT_DEPOSIT_UNCHECKED = _shape("shapesAccount.depositUnchecked", exactly_once=False)
+SHAPE_HANDLERS = [
+    DEPOSIT_TWICE,
+    DEPOSIT_TOGETHER,
+    DEPOSIT_NOTHING,
+    DEPOSIT_SERIALIZABLE,
+    PREPARE_TWICE,
+    PREPARE_TOGETHER,
+    PREPARE_MAYBE,
+    ACCOUNT_DEPOSIT,
+]
+SAME_PATTERN_AS.update(
+    {h.name: IDEMPOTENCY_UPDATE for h in (*SHAPE_HANDLERS[:4], BRIEF_DEPOSIT)}
+    | {h.name: TWO_PHASE_COMMIT_UPDATE for h in SHAPE_HANDLERS[4:7]}
+    | {h.name: KEYED_UPDATE_CONDITIONAL for h in (ACCOUNT_DEPOSIT, ACCOUNT_DEPOSIT_UNCHECKED)}
+)
 
 CREDIT_HANDLERS = [
     KEYED_UPDATE,

@@ -96,10 +96,36 @@ def applied_call_killed(result: CellResult, *, killed: int = 1, others: int = 1)
     assert result.problems == [], _detail(result)
 
 
-def not_applied(result: CellResult) -> None:
-    """Every operation failed, none of its credits are there, nothing left behind."""
+def not_applied(result: CellResult, *, faults: int | None = None) -> None:
+    """Every operation failed, none of its credits are there, nothing left behind; the fault
+    struck once per operation (or ``faults`` times)."""
     operations = result.cell.operations
     wanted = _expected_counts(operations, 0) | {"acknowledged": 0, "failed": operations}
     assert counts(result) == wanted, _detail(result)
-    assert injected(result) == operations, _detail(result)
+    assert injected(result) == (operations if faults is None else faults), _detail(result)
+    assert result.problems == [], _detail(result)
+
+
+def as_answered(result: CellResult, *, failed: int | None = None) -> None:
+    """Each operation as its answer says: acknowledged and applied once, or failed and applied
+    not at all (``failed`` of them, if given), nothing left behind."""
+    c = counts(result)
+    operations = result.cell.operations
+    wanted = _expected_counts(operations, 0) | {
+        "acknowledged": operations - c["failed"],
+        "failed": c["failed"],
+    }
+    assert c == wanted, _detail(result)
+    if failed is not None:
+        assert c["failed"] == failed, _detail(result)
+    assert injected(result) >= 1, _detail(result)
+    assert result.problems == [], _detail(result)
+
+
+def at_most_once(result: CellResult) -> None:
+    """Never twice, no acknowledged operation lost; a failed one applied once at most."""
+    c = counts(result)
+    assert c["duplicates"] == c["lost_updates"] == c["unknown"] == 0, _detail(result)
+    assert c["applied_though_failed"] <= c["failed"], _detail(result)
+    assert injected(result) >= 1, _detail(result)
     assert result.problems == [], _detail(result)

@@ -15,8 +15,8 @@ from chaos.cells import (
     Cell,
     Fault,
     fault_cells,
+    outside_writer_cell,
     stranger_commit_cell,
-    token_expires_after_a_kill_cell,
     zombie_between_prepare_and_commit_cell,
 )
 from chaos.scenarios import CellRunner
@@ -120,13 +120,13 @@ def test_a_zombie_holding_a_transaction_is_stopped_by_the_idle_timeout_alone(
     expect.exactly_once(result)
 
 
-def test_idempotency_token_expires_even_when_the_invocation_is_killed_after_its_transaction(
+def test_update_conditional_refuses_when_another_handler_writes_the_user(
     runner: CellRunner,
 ) -> None:
-    """The kill takes the scheduled expiry with it (counted); the next call's expiry, which
-    deletes every token older than the TTL, removes the killed call's token all the same."""
-    result = runner.run(token_expires_after_a_kill_cell())
-    assert result.counts["expiries_killed_with_it"] == 1, result.notes
-    assert result.counts["tokens_of_killed_calls"] == 1, result.notes
-    expect.applied_call_killed(result)
-    assert result.counts["tokens_left_after_the_next_expiry"] == 0, result.notes
+    """The write finds the version moved by ``idempotency.update`` and another writer's mark:
+    409, nothing applied; the outside write stays, once. Before the mark, this was the lab's
+    lost-update control: an acknowledged update that was not there."""
+    result = runner.run(outside_writer_cell())
+    assert result.counts["outside_writes_inside_the_window"] == 1, result.notes
+    expect.as_answered(result, failed=1)
+    assert any(n.startswith("the held write's answer: 409") for n in result.notes), result.notes

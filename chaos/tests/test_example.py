@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.cells import Cell, Fault, example_cells, example_lost_update_cell
+from chaos.cells import Cell, Fault, example_cells, example_outside_writer_cell
 from chaos.scenarios import CellRunner
 from chaos.tests import expect
 from chaos.tests.test_exactly_once import zombie_reached_the_database
@@ -44,9 +44,13 @@ def test_payments_held_before_their_commit_are_recorded_once_across_a_restart(
     expect.exactly_once(runner.run(cell))
 
 
-def test_its_own_ledger_sees_the_versioned_updates_lost_update(runner: CellRunner) -> None:
-    """The control: a payment recorded from outside the invoice's object between its read and
-    its write is lost, and the example's ledger must say so (one lost update, nothing else)."""
-    result = runner.run(example_lost_update_cell())
+def test_the_versioned_payment_refuses_when_a_payment_from_outside_moved_the_invoice(
+    runner: CellRunner,
+) -> None:
+    """A payment recorded from outside the invoice's object between its read and its write:
+    the versioned payment finds another writer's mark and fails with 409; the example's own
+    ledger shows the outside payment once and nothing of the refused one."""
+    result = runner.run(example_outside_writer_cell())
     assert result.counts["outside_writes_inside_the_window"] == 1, result.notes
-    expect.lost(result)
+    expect.as_answered(result, failed=1)
+    assert any(n.startswith("the held write's answer: 409") for n in result.notes), result.notes

@@ -8,17 +8,11 @@ write under test is ``keyed.update`` (``credits = credits + n`` in a durable ste
 
 from __future__ import annotations
 
-from chaos.cells import (
-    Cell,
-    Fault,
-    fault_cells,
-    lost_update_cell,
-    restart_cells,
-    token_expiry_cell,
-)
+from chaos.cells import Cell, Fault, fault_cells, restart_cells
 from chaos.scenarios import CellRunner
+from chaos.surface import control_cells
 from chaos.tests import expect
-from chaos.workload import KEYED_UPDATE
+from chaos.workload import ACCOUNT_DEPOSIT_UNCHECKED, KEYED_UPDATE
 
 
 def keyed_update_cell(fault: Fault, where: str) -> Cell:
@@ -53,27 +47,20 @@ def test_keyed_update_duplicates_when_restate_server_dies_after_commit(
     expect.duplicated(runner.run(keyed_update_cell(Fault.RESTATE_RESTART, "after-commit")))
 
 
-def test_idempotency_update_duplicates_when_its_token_expires_before_a_zombie_resumes(
+def test_a_versioned_write_without_its_condition_loses_an_update_another_writer_made(
     runner: CellRunner,
 ) -> None:
-    result = runner.run(token_expiry_cell())
-    assert result.zombie_sql is not None, result.notes
-    assert result.zombie_sql.reached >= 1, result.notes
-    expect.duplicated(result)
-
-
-def test_update_conditional_loses_an_update_when_another_handler_writes_the_user(
-    runner: CellRunner,
-) -> None:
-    """The lost-update control: the outside write lands inside the window, and the harness
-    sees the held operation acknowledged but not applied."""
-    result = runner.run(lost_update_cell())
+    """The lost-update control, on the shapes' ledger: ``depositUnchecked`` (a user's mistake,
+    kept on purpose) forgets ``AND version = ...``; the outside deposit lands inside its window
+    and is overwritten: acknowledged, and not applied."""
+    (cell,) = [c for c in control_cells() if c.handler == ACCOUNT_DEPOSIT_UNCHECKED]
+    result = runner.run(cell)
     assert result.counts["outside_writes_inside_the_window"] == 1, result.notes
     expect.lost(result, lost_updates=1)
     (anomaly,) = result.ledger.anomalies
     assert (anomaly.kind, anomaly.handler, anomaly.applied) == (
         "lost update",
-        "keyed.updateConditional",
+        "shapes.depositNothing",
         0,
     )
 
