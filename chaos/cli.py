@@ -40,6 +40,7 @@ from chaos.verdict import CellResult
 from chaos.workload import Operation, Workload
 from dbpatterns.config import PROJECT_ROOT
 from dbpatterns.stack import LabError
+from dbpatterns.stack.provenance import provenance
 
 DEFAULT_REPORT_DIR = PROJECT_ROOT / "chaos" / "results"
 
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"chaos: the stack did not start: {exc}")
         return 2
     say(f"chaos: stack up in {stack.home}")
+    run.settings["produced_by"] = provenance(stack.settings, stack.database_url)
     workload = Workload(stack.ingress_urls)
     runner = CellRunner(stack, workload, seed=args.seed, zombie_cut=ZombieCut(args.zombie_cut))
     try:

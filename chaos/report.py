@@ -154,6 +154,21 @@ def _fault_line(faults: dict[str, int]) -> str:
     )
 
 
+def _produced_by(found: dict[str, Any] | None) -> str:
+    """The line that says what produced the run (``dbpatterns.stack.provenance``)."""
+    if not found:
+        return "Produced by: not recorded (a run from before reports recorded it)."
+    commit = found.get("commit") or "?"
+    changed = found.get("changed_files")
+    on_top = f" with {changed} changed file(s) on top" if changed else ""
+    packages = ", ".join(f"{k} {v}" for k, v in (found.get("packages") or {}).items() if v)
+    return (
+        f"Produced by: commit `{commit[:12]}`{on_top}; service under "
+        f"{found.get('service_server')}; restate-server {found.get('restate_server')}; "
+        f"PostgreSQL {found.get('postgres')}; {packages}."
+    )
+
+
 def markdown(run: Run, matrix_png: str | None = None) -> str:
     data = run.as_dict()
     s = data["summary"]
@@ -163,6 +178,8 @@ def markdown(run: Run, matrix_png: str | None = None) -> str:
         f"**{'PASS' if run.passed else 'FAIL'}**: {_headline(s)}.",
         "",
         _fault_line(s["faults"]) + ".",
+        "",
+        _produced_by(run.settings.get("produced_by")),
         "",
         "Attempts that reached the database, per invocation (invocations by count): "
         + (", ".join(f"{n}: {c}" for n, c in s["attempts_reaching_db"].items()) or "-")

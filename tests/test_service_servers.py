@@ -233,8 +233,9 @@ def test_sigint_stops_the_service_within_seconds_after_its_lifespan_shutdown(
 
     assert not pid_alive(pid)
     assert took < STOPS_WITHIN_S, f"stopped only after {took:.1f} s"
-    assert exit_code == 0
-    assert "dbpatterns service stopped" in log_since(log_path, logged_before)
+    said = log_since(log_path, logged_before)
+    assert exit_code == 0, f"exit code {exit_code}; the service's last words:\n{said[-3000:]}"
+    assert "dbpatterns service stopped" in said
 
 
 @pytest.mark.slow

@@ -47,12 +47,13 @@ def test_keyed_update_duplicates_when_restate_server_dies_after_commit(
     expect.duplicated(runner.run(keyed_update_cell(Fault.RESTATE_RESTART, "after-commit")))
 
 
-def test_a_versioned_write_without_its_condition_loses_an_update_another_writer_made(
+def test_a_versioned_write_that_ignores_its_miss_answers_200_for_a_lost_update(
     runner: CellRunner,
 ) -> None:
     """The lost-update control, on the shapes' ledger: ``depositUnchecked`` (a user's mistake,
-    kept on purpose) forgets ``AND version = ...``; the outside deposit lands inside its window
-    and is overwritten: acknowledged, and not applied."""
+    kept on purpose) answers with the state it meant to write without looking at whether its
+    UPDATE matched; the outside deposit lands inside its window, the write misses: the held
+    operation is acknowledged and not applied."""
     (cell,) = [c for c in control_cells() if c.handler == ACCOUNT_DEPOSIT_UNCHECKED]
     result = runner.run(cell)
     assert result.counts["outside_writes_inside_the_window"] == 1, result.notes
@@ -60,7 +61,7 @@ def test_a_versioned_write_without_its_condition_loses_an_update_another_writer_
     (anomaly,) = result.ledger.anomalies
     assert (anomaly.kind, anomaly.handler, anomaly.applied) == (
         "lost update",
-        "shapes.depositNothing",
+        "shapesAccount.depositUnchecked",
         0,
     )
 

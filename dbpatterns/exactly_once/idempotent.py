@@ -116,15 +116,25 @@ async def idempotent_transaction(
     retry: Retry | None = None,
 ) -> Done[T]:
     """Run ``work(conn)`` at most once, in one transaction with this call's token; return its
-    result as committed (see the module docstring for what each answer guarantees).
+    result as committed and the call's id (its token).
+
+    The contract (the module docstring says how each holds):
+
+    * retries and zombie attempts: the work commits once; every attempt answers its result;
+    * an error answer (the work's, the database's, ``retry`` given up, the deadline passed, a
+      cancellation): the work did not commit and never will;
+    * a kill: the work may still commit, once, until the call's deadline, never after; the
+      token's row says whether it did;
+    * the TTL (``tokens.ttl``) is the deadline: keep it longer than an invocation may keep
+      retrying or sit paused before it commits; the token is kept a TTL longer.
 
     ``work`` runs inside the transaction (do not commit in it, nor set its isolation: pass
     ``isolation``). Its result, of ``result_type`` (a pydantic model, dataclass or JSON value;
     ``None`` and optional types too), is stored with the token and journaled. It may raise
     ``restate.TerminalError`` (a 404, a 409): the transaction rolls back and the error ends the
     call. Database errors a retry can fix are retried (``retry`` bounds how often); the others
-    end the call with a 4xx or 500. Several calls in one handler, one after another or at once,
-    each get their own token.
+    end the call with a 4xx or 500. Several calls in one handler each get their own token; at
+    once (``asyncio.gather``), they take turns (``calls``). PostgreSQL 13 or newer.
     """
     async with in_turn(ctx):  # see dbpatterns.exactly_once.calls
         call_id = new_call_id(ctx)
@@ -151,15 +161,15 @@ async def idempotent_transaction(
                         )
                     found: Found | None = None
                     if await tokens.claim(conn, call_id, window):
-                        done = record(adapter, await work(conn))
-                        await tokens.record(conn, call_id, done.result)
+                        ran = record(adapter, await work(conn))
+                        await tokens.record(conn, call_id, ran.result)
                         await tokens.fence(conn, window)
                         await faults.reach(ctx, "before-commit")
                     else:
                         found = await tokens.found(conn, call_id)
                 await faults.reach(ctx, "after-commit")
             if found is None:
-                return done
+                return ran
             if not found.committed:
                 raise restate.TerminalError(
                     f"{step}: call {call_id} has already ended without its work (it failed or was "

@@ -354,16 +354,26 @@ async def prepared_transaction(
     retry: Retry | None = None,
 ) -> Done[T]:
     """Run ``work(conn)`` in a transaction, PREPARE it in one durable step, COMMIT PREPARED in
-    the next; return its result as committed (see the module docstring for what each answer
-    guarantees).
+    the next; return its result as committed and the call's id (the gid is ``gid_prefix`` and
+    the id).
+
+    The contract (the module docstring says how each holds):
+
+    * retries and zombie attempts: the work commits once; every attempt answers its result;
+    * an error answer (the work's, the database's, ``retry`` given up, a cancellation): rolled
+      back, the work did not commit and never will;
+    * a kill: the work commits only if an attempt was already sending COMMIT PREPARED; else
+      the janitor (``janitor``) rolls it back at its next pass; the result row says which;
+    * keep the results table's retention longer than any call may take.
 
     ``work`` runs inside the transaction (do not commit in it); its result, of ``result_type``
     (a pydantic model, dataclass or JSON value; ``None`` and optional types too), is stored with
     the transaction and journaled by the commit step. It may raise ``restate.TerminalError`` (a
     404, a 409): nothing is prepared, and the error ends the call. Database errors a retry can
     fix are retried (``retry`` bounds how often); the others end the call with a 4xx or 500.
-    Postgres must allow prepared transactions (``max_prepared_transactions`` > 0). Several calls
-    in one handler, one after another or at once, each get their own gid.
+    Postgres must allow prepared transactions (``max_prepared_transactions`` > 0); PostgreSQL
+    13 or newer. Several calls in one handler each get their own gid; at once
+    (``asyncio.gather``), they take turns (``calls``).
     """
     async with in_turn(ctx):  # see dbpatterns.exactly_once.calls
         call_id = new_call_id(ctx)

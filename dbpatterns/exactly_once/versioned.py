@@ -101,9 +101,20 @@ async def versioned_update(
     retry: Retry | None = None,
 ) -> Done[S]:
     """Read the state durably, then apply ``write`` once, conditioned on the version read;
-    return the state the write left (see the module docstring for what each answer means).
+    return the state the write left and the call's id (the mark ``write`` sets).
 
-    Call it from an exclusive handler of a virtual object whose key names the row.
+    The contract (the module docstring says how each holds), while every write of the row goes
+    through the object:
+
+    * retries and zombie attempts: written once; every attempt answers the state it left;
+    * a 409 saying the row moved: another writer got there first; nothing of this call was
+      written;
+    * another error answer, a cancellation or a kill: this call's write was not in the row when
+      the call ended; an attempt frozen elsewhere may still land it later, on the version it
+      read, and the row's mark then names this call.
+
+    Call it from an exclusive handler of a virtual object whose key names the row. PostgreSQL
+    13 or newer.
 
     * ``read(conn)`` returns the state, version and ``written_by`` included, as ``state_type``
       (a pydantic model or a dataclass: it is journaled with that type). It may raise

@@ -73,10 +73,11 @@ def scheduled_expiries_of(admin: Admin, invocation: str) -> list[dict[str, Any]]
 
 
 def pending_expiries(admin: Admin) -> list[dict[str, Any]]:
-    """Every expiry call Restate has not completed yet, whoever scheduled it."""
+    """Every expiry of ``user_idempotency`` Restate has not completed yet, whoever scheduled it
+    (other services' expiries sweep their own tables, some with a TTL of a day)."""
     return admin.query(
-        "SELECT id, status FROM sys_invocation"
-        " WHERE target_handler_name = 'expireIdempotencyKey' AND status != 'completed'"
+        "SELECT id, status FROM sys_invocation WHERE target_service_name = 'idempotency'"
+        " AND target_handler_name = 'expireIdempotencyKey' AND status != 'completed'"
     )
 
 
