@@ -5,9 +5,9 @@ while its step is in flight.
 The shapes are what users' handlers do and the lab's one-call credit handlers do not: two calls
 of a pattern in one invocation (one after the other, and at once), results that are ``None``, an
 isolation level, tables and a gid prefix of their own, two services on one token table with
-different TTLs. Each is killed where its pattern's retry must find the commit, and paused where
-its zombie must race the retry (cut off from Restate at once, so the cells stay short); a kill
-storm crosses every point of every shape.
+different TTLs. Each is killed where its pattern's retry must find the commit; the shapes of two
+calls are also paused where their zombie must race the retry (cut off from Restate at once, so
+the cells stay short); a kill storm crosses every point of every shape.
 
 The end of an invocation (``chaos.endings``): a cancellation of a live attempt, held in its step;
 a cancellation or a kill while the attempt is frozen (its process paused), the zombie resumed
@@ -48,7 +48,7 @@ from chaos.workload import (
 #: Where each pattern is killed: where its retry must find what an earlier attempt committed.
 KILL_AT = {
     IDEMPOTENCY_UPDATE.name: ("after-commit",),
-    TWO_PHASE_COMMIT_UPDATE.name: ("after-prepare", "after-commit"),
+    TWO_PHASE_COMMIT_UPDATE.name: ("after-commit",),
     KEYED_UPDATE_CONDITIONAL.name: ("after-commit",),
 }
 #: Where each pattern is paused: its zombie wakes to a retry that went on without it.
@@ -57,6 +57,11 @@ PAUSE_AT = {
     TWO_PHASE_COMMIT_UPDATE.name: "before-leftover-check",
     KEYED_UPDATE_CONDITIONAL.name: "before-write",
 }
+#: The shapes of two calls in one invocation, where a retry's calls must each find their own
+#: commit and a zombie's calls each their own retry: also killed after PREPARE (the retry adopts
+#: what each call prepared) and paused. A shape of one call behaves at these points as the lab's
+#: handler of its pattern does, whose cells these already are (``chaos.cells``).
+TWO_CALLS = {h.name for h in SHAPE_HANDLERS if h.applications == 2} | {ACCOUNT_DEPOSIT.name}
 
 
 def _point(handler: CreditHandler, where: str) -> str:
@@ -64,14 +69,20 @@ def _point(handler: CreditHandler, where: str) -> str:
 
 
 def shape_cells() -> list[Cell]:
-    """Every shape killed where its retry must find the commit, and paused as a zombie."""
+    """Every shape killed where its retry must find the commit; the shapes of two calls also
+    killed after PREPARE, and paused as a zombie."""
     cells = []
     for handler in SHAPE_HANDLERS:
         pattern = SAME_PATTERN_AS[handler.name].name
-        for where in KILL_AT[pattern]:
+        kill_at: tuple[str, ...] = KILL_AT[pattern]
+        if handler.name in TWO_CALLS and pattern == TWO_PHASE_COMMIT_UPDATE.name:
+            kill_at = ("after-prepare", *kill_at)
+        for where in kill_at:
             point = _point(handler, where)
             expect, why = expectation(handler, point, Fault.KILL)
             cells.append(Cell((handler,), Fault.KILL, point, expect, why=why))
+        if handler.name not in TWO_CALLS:
+            continue
         point = _point(handler, PAUSE_AT[pattern])
         expect, why = expectation(handler, point, Fault.ZOMBIE)
         cells.append(Cell((handler,), Fault.ZOMBIE, point, expect, why=why, cut_at_once=True))

@@ -1,6 +1,7 @@
 """idempotency: exactly once through a token committed with the credits; a call that fails
-leaves a ``failed`` mark instead; tokens expire, even the token of an invocation killed after
-its transaction.
+leaves a ``failed`` mark instead; tokens expire. (The token of an invocation killed after its
+transaction, which the next call's expiry sweeps, is the chaos suite's: chaos/tests/test_surface.py,
+on a service whose TTL is seconds.)
 
 Timing is in terms of the test stack's TTL (``settings.idempotency_token_ttl``): a call commits
 within one TTL of its start, its token expires one TTL after that, and its expiry is scheduled
@@ -18,7 +19,6 @@ from typing import Any
 import httpx
 import psycopg
 
-from dbpatterns import failpoints
 from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import Settings
 from dbpatterns.exactly_once.calls import CALL_ID, INVOCATION_ID, invocation_of_call
@@ -63,33 +63,6 @@ def token_of(response: httpx.Response) -> str:
     assert CALL_ID.fullmatch(token), token
     assert invocation_of_call(token) == response.headers["x-restate-id"], token
     return token
-
-
-def scheduled_expiries_of(admin: Admin, invocation: str) -> list[dict[str, Any]]:
-    """The expiry calls ``invocation`` scheduled that Restate still knows, in any state."""
-    assert INVOCATION_ID.fullmatch(invocation), invocation  # Restate's SQL takes no parameters
-    where = f"invoked_by_id = '{invocation}' AND target_handler_name = 'expireIdempotencyKey'"
-    return admin.query(f"SELECT id, status FROM sys_invocation WHERE {where}")  # noqa: S608
-
-
-def pending_expiries(admin: Admin) -> list[dict[str, Any]]:
-    """Every expiry of ``user_idempotency`` Restate has not completed yet, whoever scheduled it
-    (other services' expiries sweep their own tables, some with a TTL of a day)."""
-    return admin.query(
-        "SELECT id, status FROM sys_invocation WHERE target_service_name = 'idempotency'"
-        " AND target_handler_name = 'expireIdempotencyKey' AND status != 'completed'"
-    )
-
-
-def expired_for(db: psycopg.Connection[Any], token: str) -> float:
-    """Seconds since the token's ``expires_at`` on the database's clock (negative: not yet)."""
-    row = db.execute(
-        "SELECT extract(epoch FROM clock_timestamp() - expires_at)::float8"
-        " FROM user_idempotency WHERE id = %s",
-        (token,),
-    ).fetchone()
-    assert row is not None, f"token {token} is gone"
-    return float(row[0])
 
 
 def db_now(db: psycopg.Connection[Any]) -> Any:
@@ -203,55 +176,6 @@ def test_the_expiry_is_scheduled_before_the_transaction(
     step = kinds.index(("Command: Run", "add credits with token"))
     assert send < step, kinds
     assert [k for k, _ in kinds].count("Command: OneWayCall") == 1
-
-
-def test_a_token_whose_expiry_was_killed_with_its_invocation_goes_with_the_next_expiry(
-    settings: Settings,
-    ingress: Ingress,
-    admin: Admin,
-    db: psycopg.Connection[Any],
-    new_user: Callable[..., str],
-    failpoint: Callable[[str, str], None],
-    failpoints_file: Path,
-) -> None:
-    """Killing an invocation through Restate kills the delayed calls it scheduled (measured
-    with restate-server 1.7.12), so a kill after the commit takes the token's own expiry with
-    it; the token stays past its ``expires_at``, and the next call's expiry deletes every
-    expired token, this one included."""
-    ttl = settings.idempotency_token_ttl.total_seconds()
-    # Expiries scheduled by earlier tests would sweep the token too: let them all run first,
-    # so that only the next call's expiry can delete it.
-    wait_for(lambda: not pending_expiries(admin), 2 * ttl + SLACK, "earlier expiries to run")
-    point = "idempotency.update.after-step"
-    user = new_user(credits=100)
-    failpoint(point, "1*sleep(8000)")
-    sent = ingress.call("idempotency", "update", {"userId": user, "addCredits": 5}, send=True)
-    assert sent.status_code == 202, sent.text
-    invocation = sent.json()["invocationId"]
-    wait_for(lambda: failpoints.spent(failpoints_file, point), 10, "the step to be journaled")
-    assert_fired(failpoints_file, point)
-    ((token, outcome),) = tokens_of(db, invocation).items()
-    assert outcome == "committed"
-    assert credits_of(db, user) == 105
-    assert len(scheduled_expiries_of(admin, invocation)) == 1
-
-    kill = admin.http.patch(f"/invocations/{invocation}/kill")
-    assert kill.status_code in (200, 202), kill.text
-    outcome_of_call = ingress.http.get(f"/restate/invocation/{invocation}/attach")
-    assert outcome_of_call.status_code != 200, "the invocation was not killed: it proves nothing"
-    assert scheduled_expiries_of(admin, invocation) == []  # its own expiry is gone
-
-    # Past its expires_at (and its own expiry's due time) on the database's clock: still there.
-    wait_for(lambda: expired_for(db, token) > 2, 2 * ttl + SLACK, "the token to expire")
-    assert token_recorded(db, token), "deleted with no expiry left to delete it"
-    next_call = ingress.call("idempotency", "update", {"userId": user, "addCredits": 1})
-    assert next_call.status_code == 200, next_call.text
-    wait_for(
-        lambda: not token_recorded(db, token),
-        2 * ttl + SLACK,
-        "the next call's expiry to sweep the killed invocation's token",
-    )
-    assert credits_of(db, user) == 106
 
 
 def test_update_sums_exactly_under_30_concurrent_calls(
