@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from chaos.scenarios import CellRunner
+from chaos.scenarios import CellRunner, ZombieCut
 from chaos.supervisor import SOAK_TOKEN_TTL, ChaosStack
 from chaos.workload import Workload
 
@@ -30,11 +30,26 @@ def chaos_stack() -> Iterator[ChaosStack]:
 
 @pytest.fixture(scope="session")
 def runner(chaos_stack: ChaosStack) -> Iterator[CellRunner]:
+    """Zombies are cut off from Restate at once here (``ZombieCut.AT_ONCE``): the zombie sees
+    the same as when Restate gives up by its own timeouts, about 8 s later, which the committed
+    runs (``./lab chaos``) wait out for every cell and these tests for the cells marked
+    ``restate_timeout`` (``faithful_cut``)."""
     workload = Workload(chaos_stack.ingress_urls)
     try:
-        yield CellRunner(chaos_stack, workload, seed=20261123)
+        yield CellRunner(chaos_stack, workload, seed=20261123, zombie_cut=ZombieCut.AT_ONCE)
     finally:
         workload.close()
+
+
+@pytest.fixture
+def faithful_cut(runner: CellRunner) -> Iterator[CellRunner]:
+    """The runner for a zombie cell that waits until Restate gives up on the paused attempt by
+    its own timeouts, as a real partition or a hung process would make it."""
+    runner.zombie_cut = ZombieCut.RESTATE_TIMEOUT
+    try:
+        yield runner
+    finally:
+        runner.zombie_cut = ZombieCut.AT_ONCE
 
 
 @pytest.fixture(scope="module")

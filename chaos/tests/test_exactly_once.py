@@ -67,6 +67,20 @@ def test_idempotency_update_is_exactly_once_under_a_zombie(runner: CellRunner, c
     expect.exactly_once(result)
 
 
+def test_a_zombie_restate_gave_up_on_by_its_own_timeouts_adds_once(
+    faithful_cut: CellRunner,
+) -> None:
+    """The other zombie cells cut the paused process off from Restate at once; here Restate
+    gives up on it by its inactivity and abort timeouts, as it would on a hung process."""
+    (cell,) = [c for c in cells(IDEMPOTENCY_UPDATE, Fault.ZOMBIE) if c.where == "before-claim"]
+    result = faithful_cut.run(cell)
+    assert any("Restate gave up on the paused attempt after" in n for n in result.notes), (
+        result.notes
+    )
+    zombie_reached_the_database(result)
+    expect.exactly_once(result)
+
+
 @pytest.mark.parametrize("cell", cells(TWO_PHASE_COMMIT_UPDATE, Fault.KILL), ids=where)
 def test_two_phase_commit_update_is_exactly_once_when_killed(
     runner: CellRunner, cell: Cell
