@@ -45,7 +45,10 @@ def restate_server_version(settings: Settings) -> str | None:
         )
     except (OSError, subprocess.TimeoutExpired, LabError):
         return None
-    return (done.stdout or done.stderr).strip().splitlines()[0] if done.returncode == 0 else None
+    if done.returncode != 0:
+        return None
+    first = (done.stdout or done.stderr).strip().splitlines()[0]  # "restate-server 1.7.12"
+    return first.removeprefix("restate-server").strip()
 
 
 def postgres_version(database_url: str) -> str | None:
