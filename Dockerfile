@@ -7,4 +7,4 @@ COPY migrations ./migrations
 COPY db ./db
 RUN pip install --no-cache-dir -e .
 EXPOSE 9080
-CMD ["python", "-m", "dbpatterns.serve"]
+CMD ["python", "-m", "dbpatterns.service.serve"]

@@ -1,7 +1,7 @@
 """How many attempts of each invocation reached the database, read from the service's SQL trace.
 
 The services of the chaos stack trace every statement each handler attempt runs
-(``dbpatterns.sqltrace``). A statement *reached the database* when Postgres executed it, or
+(``dbpatterns.service.sqltrace``). A statement *reached the database* when Postgres executed it, or
 refused it for what it said (a constraint, 42704, a lock timeout); it did not when the session
 was already gone: ended by the idle-in-transaction timeout (25P03), terminated by an
 administrator or a shutdown (57P0x), or lost (08xxx). A zombie cell proves its race only if the

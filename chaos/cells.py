@@ -63,7 +63,7 @@ from chaos.workload import (
     TWO_PHASE_COMMIT_UPDATE,
     CreditHandler,
 )
-from dbpatterns import failpoints
+from dbpatterns.service import failpoints
 
 
 class Fault(enum.StrEnum):

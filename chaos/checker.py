@@ -39,8 +39,8 @@ from psycopg import sql
 
 from chaos.workload import BASE, Operation, Outcome, User
 from chaos.workload import Ledger as LedgerTable
-from dbpatterns.client import Admin
-from dbpatterns.db import APPLICATION_NAME
+from dbpatterns.service.db import APPLICATION_NAME
+from dbpatterns.stack.client import Admin
 
 LOST_UPDATE = "lost update"
 DUPLICATE = "duplicate"

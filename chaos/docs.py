@@ -13,7 +13,7 @@ from pathlib import Path
 
 from chaos.cells import Cell
 from chaos.table import quick_cells
-from dbpatterns import failpoints
+from dbpatterns.service import failpoints
 
 README = Path(__file__).resolve().parent / "README.md"
 

@@ -25,8 +25,8 @@ from chaos.cells import HOLD_MS, Cell, Fault
 from chaos.logs import log_since, log_size
 from chaos.verdict import Trial
 from chaos.workload import SAME_PATTERN_AS, TWO_PHASE_COMMIT_UPDATE, CreditHandler, User
-from dbpatterns import janitor
 from dbpatterns.examples import shapes
+from dbpatterns.service import janitor
 from dbpatterns.stack import wait_until
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from typing import Any
 from chaos import matrix
 from chaos.supervisor import FaultCounts
 from chaos.verdict import CellResult
-from dbpatterns import failpoints
+from dbpatterns.service import failpoints
 
 COLUMNS = [
     ("cell", "cell"),

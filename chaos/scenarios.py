@@ -57,9 +57,9 @@ from chaos.workload import (
     Workload,
     create_users,
 )
-from dbpatterns import failpoints, janitor
 from dbpatterns.exactly_once.gids import GID_PREFIX
 from dbpatterns.examples import shapes
+from dbpatterns.service import failpoints, janitor
 from dbpatterns.stack import LabError, RestateCluster, wait_until
 
 #: Operations per user in a storm: several on one key (contention), within the digits a user has.

@@ -5,7 +5,7 @@ ports, in a temporary folder:
 
 * PostgreSQL, migrated; restate-server with short timeouts (``CHAOS_RESTATE_ENV``), so a hung
   attempt is given up in seconds, not minutes;
-* two service processes ("slots"), each one process (``dbpatterns.serve``) on its own port,
+* two service processes ("slots"), each one process (``dbpatterns.service.serve``) on its own port,
   both reading the same failpoint control file;
 * a ``SwitchableProxy`` in front of them, registered as the deployment URI. One slot is active
   (the proxy's target); the other is a warm standby.
@@ -44,11 +44,10 @@ import psycopg
 import dbpatterns.patterns  # noqa: F401  (declares every failpoint: fills the catalogue)
 from chaos.network import SERVICE, LoopbackNetwork
 from chaos.proxy import SwitchableProxy
-from dbpatterns import failpoints, migrate
-from dbpatterns.client import Admin
 from dbpatterns.config import Settings
-from dbpatterns.db import APPLICATION_NAME
 from dbpatterns.exactly_once.calls import INVOCATION_ID
+from dbpatterns.service import failpoints, migrate
+from dbpatterns.service.db import APPLICATION_NAME
 from dbpatterns.stack import (
     LabError,
     PostgresServer,
@@ -60,6 +59,7 @@ from dbpatterns.stack import (
     register_deployment,
     wait_until,
 )
+from dbpatterns.stack.client import Admin
 from dbpatterns.stack.cluster import node_addresses
 
 log = logging.getLogger("chaos")
@@ -90,7 +90,7 @@ CHAOS_TOKEN_TTL = timedelta(seconds=60)
 #: The TTL of a stack whose processes are paused at random (soak): far longer than a zombie
 #: lives there (``auto_resume_after`` plus its linger).
 SOAK_TOKEN_TTL = timedelta(minutes=10)
-#: The service's setting that turns ``dbpatterns.sqltrace`` on.
+#: The service's setting that turns ``dbpatterns.service.sqltrace`` on.
 SQL_TRACE_ENV = "DBPATTERNS_SQL_TRACE_FILE"
 #: A paused zombie's open transaction is ended by Postgres after this long.
 CHAOS_IDLE_IN_TRANSACTION_MS = 3000
@@ -419,7 +419,8 @@ class ChaosStack:
 
     @property
     def sql_trace_path(self) -> Path:
-        """Where both service processes trace each attempt's SQL (``dbpatterns.sqltrace``)."""
+        """Where both service processes trace each attempt's SQL
+        (``dbpatterns.service.sqltrace``)."""
         return self.home / "sqltrace.jsonl"
 
     @property

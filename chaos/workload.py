@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from dbpatterns.client import Ingress
+from dbpatterns.stack.client import Ingress
 
 #: Answers that say "not now" rather than anything about the invocation: ask again.
 AMBIGUOUS_STATUS = {502, 503, 504}

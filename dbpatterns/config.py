@@ -83,8 +83,8 @@ class Settings(BaseSettings):
     service_port: int = 9080
     service_server: Literal["granian", "hypercorn"] = Field(
         default="granian",
-        description="The ASGI server that runs the service (dbpatterns/serve.py); both serve "
-        "one process over HTTP/2 cleartext. granian is the default: measured faster, for the "
+        description="The ASGI server that runs the service (dbpatterns/service/serve.py); both "
+        "serve one process over HTTP/2 cleartext. granian is the default: measured faster, for the "
         "service and for restate-server (bench/README.md).",
     )
     restate_nodes: int = Field(
@@ -121,7 +121,7 @@ class Settings(BaseSettings):
     failpoints: str = Field(
         default="",
         description="Failpoints switched on for the service's life, 'name=action;...' "
-        "(dbpatterns/failpoints.py); checked at start-up. Empty: none.",
+        "(dbpatterns/service/failpoints.py); checked at start-up. Empty: none.",
     )
     failpoints_file: Path | None = Field(
         default=None,

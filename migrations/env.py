@@ -9,14 +9,15 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from dbpatterns.config import get_settings
-from dbpatterns.schema import metadata
+from dbpatterns.service.schema import metadata
 
 config = context.config
 target_metadata = metadata
 
 
 def _url() -> str:
-    # An explicit URL (set by dbpatterns.migrate for a given database) wins over the settings.
+    # An explicit URL (set by dbpatterns.service.migrate for a given database) wins over the
+    # settings.
     url = config.attributes.get("database_url")
     if url:
         return str(url)

@@ -33,9 +33,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dbpatterns import failpoints, identity, migrate
-from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import RestateTuning, Settings
+from dbpatterns.service import failpoints, identity, migrate
 from dbpatterns.stack import (
     PostgresServer,
     RestateServer,
@@ -43,6 +42,7 @@ from dbpatterns.stack import (
     free_port,
     register_deployment,
 )
+from dbpatterns.stack.client import Admin, Ingress
 
 POSTGRES_IMAGE = "postgres:15"
 RESTATE_IMAGE = "docker.io/restatedev/restate:1.7.12"

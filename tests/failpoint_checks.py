@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dbpatterns import failpoints
+from dbpatterns.service import failpoints
 
 
 def assert_fired(failpoints_file: Path, name: str) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import re
 
-from dbpatterns import bench_compare, costs_report
 from dbpatterns.config import PROJECT_ROOT
+from dbpatterns.measure import bench_compare, costs_report
 
 #: ``<!-- compare NAME=RUN.json[,...] NAME=RUN.json[,...] -->`` (paths from bench/), the table,
 #: ``<!-- compare:end -->``: a side-by-side table ``./lab compare`` made.

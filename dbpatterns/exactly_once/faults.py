@@ -4,7 +4,7 @@ Each pattern names the moments that matter (``after-commit``: the transaction co
 has not yet recorded the step). The library passes them through ``reach``; with no hook
 installed that is one ``is None`` test and nothing else, and nothing in the environment can
 switch a hook on. Only code that calls ``install`` (the lab's service, for its chaos suite: see
-``dbpatterns.failpoints``) gets faults, so a user's service cannot get them by accident.
+``dbpatterns.service.failpoints``) gets faults, so a user's service cannot get them by accident.
 
 The hook receives the point's full name, ``<service>.<handler>.<point>`` (for example
 ``invoices.pay.after-commit``), and the invocation id.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from dbpatterns import failpoints
 from dbpatterns.exactly_once import idempotent, prepared, versioned
 from dbpatterns.examples import invoices, shapes
 from dbpatterns.patterns.baseline import baseline
@@ -18,6 +17,7 @@ from dbpatterns.patterns.idempotency import idempotency
 from dbpatterns.patterns.keyed import keyed
 from dbpatterns.patterns.simple import simple
 from dbpatterns.patterns.two_phase_commit import two_phase_commit
+from dbpatterns.service import failpoints
 
 # The example services know nothing of failpoints; the lab catalogues the library's points as
 # their handlers reach them, so the chaos suite can switch them on.

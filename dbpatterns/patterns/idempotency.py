@@ -46,11 +46,11 @@ from typing import Any
 
 import restate
 
-from dbpatterns import boundary, db, failpoints
 from dbpatterns.config import get_settings
 from dbpatterns.exactly_once import IdempotencyTokens, idempotent, idempotent_transaction
 from dbpatterns.patterns import users
 from dbpatterns.patterns.models import Applied, Balance, UpdateCredits
+from dbpatterns.service import boundary, db, failpoints
 
 log = logging.getLogger("dbpatterns.idempotency")
 log.addFilter(restate.RestateLoggingFilter())  # silent while Restate replays the journal

@@ -38,11 +38,11 @@ from typing import Any
 import restate
 from pydantic import TypeAdapter, ValidationError
 
-from dbpatterns import boundary, db, failpoints
 from dbpatterns.exactly_once import versioned
 from dbpatterns.exactly_once.versioned import versioned_update
 from dbpatterns.patterns import users
 from dbpatterns.patterns.models import Balance, CreditsToAdd, MarkedBalance
+from dbpatterns.service import boundary, db, failpoints
 
 log = logging.getLogger("dbpatterns.keyed")
 log.addFilter(restate.RestateLoggingFilter())  # silent while Restate replays the journal

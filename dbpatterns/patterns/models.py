@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import ConfigDict
 from pydantic.alias_generators import to_camel
 
-from dbpatterns.boundary import CreditDelta, Credits, Model, Text, UserId
+from dbpatterns.service.boundary import CreditDelta, Credits, Model, Text, UserId
 
 
 class Request(Model):

@@ -29,7 +29,6 @@ from typing import Any
 
 import restate
 
-from dbpatterns import boundary, db, failpoints
 from dbpatterns.patterns.models import (
     Balance,
     Inserted,
@@ -40,6 +39,7 @@ from dbpatterns.patterns.models import (
     UserKey,
 )
 from dbpatterns.patterns.users import read_balance, user_not_found
+from dbpatterns.service import boundary, db, failpoints
 
 log = logging.getLogger("dbpatterns.simple")
 log.addFilter(restate.RestateLoggingFilter())  # silent while Restate replays the journal

@@ -28,7 +28,7 @@ The failure windows, and how each is closed (in the library, ``exactly_once/prep
   gid): it learns the credits are in, rolls its transaction back and prepares nothing. Once
   that row is swept (after the token TTL), such a zombie would prepare again; that second
   transaction is never committed: the commit step commits only the xid it journaled, and
-  ``dbpatterns.janitor`` rolls back a prepared transaction whose invocation has completed.
+  ``dbpatterns.service.janitor`` rolls back a prepared transaction whose invocation has completed.
 * Crash after COMMIT PREPARED, before Restate journals the step: the retry's COMMIT PREPARED
   fails with 42704 (no such gid). Instead of failing forever (as the TypeScript example does),
   the commit step reads the balance from ``exactly_once_prepared_results``, whose row commits
@@ -63,10 +63,10 @@ from typing import Any
 
 import restate
 
-from dbpatterns import boundary, db, failpoints
 from dbpatterns.exactly_once import gids, prepared, prepared_transaction
 from dbpatterns.patterns import users
 from dbpatterns.patterns.models import Balance, Response, UpdateCredits
+from dbpatterns.service import boundary, db, failpoints
 
 log = logging.getLogger("dbpatterns.two_phase_commit")
 log.addFilter(restate.RestateLoggingFilter())  # silent while Restate replays the journal

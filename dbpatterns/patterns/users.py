@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import restate
 
-from dbpatterns import boundary, db
 from dbpatterns.patterns.models import Balance
+from dbpatterns.service import boundary, db
 
 SELECT_BALANCE = "SELECT credits, version FROM users WHERE userid = %s"
 #: Add credits, counting the write in ``version``: the one credit write of the lab.

@@ -36,8 +36,8 @@ from typing import Any, Literal
 
 import httpx
 
-from dbpatterns import identity
 from dbpatterns.config import RestatePorts, Settings
+from dbpatterns.service import identity
 from dbpatterns.stack.processes import (
     ChildProcess,
     LabError,

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbpatterns import migrate
 from dbpatterns.config import Settings
+from dbpatterns.service import migrate
 from dbpatterns.stack.cluster import ClusterStatus, RestateCluster
 from dbpatterns.stack.postgres import (
     PostgresServer,

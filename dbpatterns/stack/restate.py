@@ -13,8 +13,8 @@ from typing import Any
 
 import httpx
 
-from dbpatterns import identity
 from dbpatterns.config import PROJECT_ROOT, RestateTuning, Settings
+from dbpatterns.service import identity
 from dbpatterns.stack.processes import (
     ChildProcess,
     LabError,

@@ -1,6 +1,6 @@
 """The service as a child process: one process, HTTP/2 cleartext, with the lab's settings in
 its environment; under granian, or hypercorn when ``DBPATTERNS_SERVICE_SERVER=hypercorn``
-(``dbpatterns.serve``)."""
+(``dbpatterns.service.serve``)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import signal
 from collections.abc import Mapping
 from pathlib import Path
 
-from dbpatterns import identity
 from dbpatterns.config import PROJECT_ROOT, Settings
-from dbpatterns.serve import serve_argv
+from dbpatterns.service import identity
+from dbpatterns.service.serve import serve_argv
 from dbpatterns.stack.processes import (
     ChildProcess,
     LabError,
@@ -43,8 +43,8 @@ class ServiceProcess:
         self.process: ChildProcess | None = None
 
     def argv(self) -> list[str]:
-        """``python -m dbpatterns.serve``: it runs granian's embedded server in the process it
-        is (granian's CLI would start two), or becomes hypercorn through ``exec``."""
+        """``python -m dbpatterns.service.serve``: it runs granian's embedded server in the process
+        it is (granian's CLI would start two), or becomes hypercorn through ``exec``."""
         return serve_argv()
 
     def start(self, timeout: float = 30.0) -> ChildProcess:

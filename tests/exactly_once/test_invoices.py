@@ -15,10 +15,10 @@ import httpx
 import psycopg
 import pytest
 
-from dbpatterns.client import Ingress
 from dbpatterns.exactly_once.calls import CALL_ID, invocation_of_call
 from dbpatterns.exactly_once.gids import gid_for
 from dbpatterns.stack import ServiceProcess
+from dbpatterns.stack.client import Ingress
 from tests.failpoint_checks import assert_fired
 from tests.patterns.test_two_phase_commit import assert_quiet, service_log_lines
 

@@ -21,9 +21,9 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from dbpatterns.client import Ingress
 from dbpatterns.exactly_once.gids import gid_for
 from dbpatterns.exactly_once.janitor import INVALID, RestateAdmin, Verdict, run_janitor, sweep
+from dbpatterns.stack.client import Ingress
 from tests.conftest import RestateEndpoints
 
 PREFIX = "custom-2pc:"

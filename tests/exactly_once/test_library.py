@@ -15,9 +15,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import MetaData, create_engine
 
 import dbpatterns
-from dbpatterns import failpoints
 from dbpatterns.config import Settings
 from dbpatterns.exactly_once import faults, schema
+from dbpatterns.service import failpoints
 from tests.exactly_once.conftest import FakeContext
 
 PACKAGE = Path(dbpatterns.__file__).parent

@@ -23,9 +23,9 @@ import httpx
 import psycopg
 import pytest
 
-from dbpatterns.client import Admin, Ingress
 from dbpatterns.exactly_once.calls import INVOCATION_ID
 from dbpatterns.stack import free_port, register_deployment
+from dbpatterns.stack.client import Admin, Ingress
 from tests.conftest import RestateEndpoints
 
 README = Path(__file__).parents[2] / "README.md"

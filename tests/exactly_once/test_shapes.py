@@ -16,8 +16,8 @@ import httpx
 import psycopg
 import pytest
 
-from dbpatterns.client import Ingress
 from dbpatterns.examples import shapes
+from dbpatterns.stack.client import Ingress
 from tests.exactly_once.conftest import account
 from tests.failpoint_checks import assert_fired
 

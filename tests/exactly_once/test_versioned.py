@@ -14,8 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from dbpatterns import failpoints
-from dbpatterns.client import Ingress
+from dbpatterns.service import failpoints
+from dbpatterns.stack.client import Ingress
 from tests.exactly_once.conftest import account
 from tests.failpoint_checks import assert_fired
 

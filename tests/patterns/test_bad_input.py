@@ -18,8 +18,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from dbpatterns.boundary import MAX_CREDIT_DELTA, MAX_USER_ID_LENGTH
-from dbpatterns.client import Ingress
+from dbpatterns.service.boundary import MAX_CREDIT_DELTA, MAX_USER_ID_LENGTH
+from dbpatterns.stack.client import Ingress
 
 PROMPT = 5.0  # seconds
 INJECTION = "A'; DROP TABLE users; --"

@@ -1,6 +1,6 @@
 """idempotency: exactly once through a token committed with the credits; a call that fails
 leaves a ``failed`` mark instead; tokens expire. (The token of an invocation killed after its
-transaction, which the next call's expiry sweeps, is the chaos suite's: chaos/tests/test_surface.py,
+transaction, which the next call's expiry sweeps, is the chaos suite's: tests/chaos/test_surface.py,
 on a service whose TTL is seconds.)
 
 Timing is in terms of the test stack's TTL (``settings.idempotency_token_ttl``): a call commits
@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import psycopg
 
-from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import Settings
 from dbpatterns.exactly_once.calls import CALL_ID, INVOCATION_ID, invocation_of_call
 from dbpatterns.stack import ServiceProcess
+from dbpatterns.stack.client import Admin, Ingress
 from tests.failpoint_checks import assert_fired
 from tests.patterns.test_two_phase_commit import credits_of, service_log_lines, wait_for
 

@@ -19,11 +19,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from dbpatterns import failpoints, janitor
-from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import PROJECT_ROOT, Settings
 from dbpatterns.exactly_once.gids import GID_PREFIX, gid_for
+from dbpatterns.service import failpoints, janitor
 from dbpatterns.stack import free_port, settings_env
+from dbpatterns.stack.client import Admin, Ingress
 from tests.failpoint_checks import assert_fired
 from tests.patterns.test_two_phase_commit import (
     credits_of,

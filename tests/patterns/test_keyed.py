@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import psycopg
 
-from dbpatterns.client import Ingress
 from dbpatterns.exactly_once.calls import invocation_of_call
 from dbpatterns.stack import ServiceProcess
+from dbpatterns.stack.client import Ingress
 from tests.failpoint_checks import assert_fired
 from tests.patterns.test_two_phase_commit import service_log_lines
 

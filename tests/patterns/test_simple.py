@@ -8,7 +8,7 @@ from typing import Any
 
 import psycopg
 
-from dbpatterns.client import Admin, Ingress
+from dbpatterns.stack.client import Admin, Ingress
 
 
 def row_of(db: psycopg.Connection[Any], user_id: str) -> tuple[Any, ...] | None:

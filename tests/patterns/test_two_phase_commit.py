@@ -24,11 +24,11 @@ import pytest
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from dbpatterns import failpoints
-from dbpatterns.client import Admin, Ingress
 from dbpatterns.config import Settings
 from dbpatterns.exactly_once.gids import GID_PREFIX, gid_for, invocation_of, widen_xid
+from dbpatterns.service import failpoints
 from dbpatterns.stack import ServiceProcess
+from dbpatterns.stack.client import Admin, Ingress
 from tests.conftest import side_stack
 from tests.failpoint_checks import assert_fired
 

@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from dbpatterns.boundary import MAX_CREDIT_DELTA, MAX_USER_ID_LENGTH
-from dbpatterns.client import Ingress
+from dbpatterns.service.boundary import MAX_CREDIT_DELTA, MAX_USER_ID_LENGTH
+from dbpatterns.stack.client import Ingress
 from tests.patterns.test_bad_input import INJECTION, UNKNOWN, assert_refused, body
 from tests.patterns.test_two_phase_commit import assert_quiet, prepared_gids
 
