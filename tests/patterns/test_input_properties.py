@@ -440,7 +440,7 @@ def decode(raw: bytes) -> Any:
 
 
 @dataclass
-class Ledger:
+class UsersTable:
     """The users table as the property sees it, and the ingress to call."""
 
     ingress: Ingress
@@ -534,12 +534,12 @@ def _is_json(response: httpx.Response) -> bool:
 @pytest.fixture
 def ledger(
     ingress: Ingress, db: psycopg.Connection[Any], users_checksum: Callable[[], str]
-) -> Ledger:
-    return Ledger(ingress, db, users_checksum)
+) -> UsersTable:
+    return UsersTable(ingress, db, users_checksum)
 
 
 def send(
-    ledger: Ledger,
+    ledger: UsersTable,
     new_user: Callable[..., str],
     handler: Handler,
     body: Any,
@@ -577,7 +577,7 @@ def _ids(handlers: list[Handler]) -> list[str]:
 @FUZZ
 @given(body=json_values)
 def test_any_json_body_gets_a_2xx_or_4xx_and_a_refusal_changes_nothing(
-    ledger: Ledger, new_user: Callable[..., str], handler: Handler, body: Any
+    ledger: UsersTable, new_user: Callable[..., str], handler: Handler, body: Any
 ) -> None:
     send(ledger, new_user, handler, body)
 
@@ -586,7 +586,7 @@ def test_any_json_body_gets_a_2xx_or_4xx_and_a_refusal_changes_nothing(
 @settings(FUZZ, max_examples=80)
 @given(data=st.data())
 def test_hostile_field_values_are_refused_or_applied_exactly_as_asked(
-    ledger: Ledger, new_user: Callable[..., str], handler: Handler, data: st.DataObject
+    ledger: UsersTable, new_user: Callable[..., str], handler: Handler, data: st.DataObject
 ) -> None:
     send(ledger, new_user, handler, data.draw(HOSTILE_BODIES[handler], label="body"))
 
@@ -595,7 +595,7 @@ def test_hostile_field_values_are_refused_or_applied_exactly_as_asked(
 @settings(FUZZ, max_examples=40)
 @given(raw=raw_bodies)
 def test_any_raw_bytes_get_a_2xx_or_4xx_and_a_refusal_changes_nothing(
-    ledger: Ledger, new_user: Callable[..., str], handler: Handler, raw: bytes
+    ledger: UsersTable, new_user: Callable[..., str], handler: Handler, raw: bytes
 ) -> None:
     send(ledger, new_user, handler, None, raw=raw)
 
@@ -604,7 +604,7 @@ def test_any_raw_bytes_get_a_2xx_or_4xx_and_a_refusal_changes_nothing(
 @settings(FUZZ, max_examples=20)
 @given(content_type=CONTENT_TYPES)
 def test_any_content_type_gets_a_2xx_or_4xx_and_a_refusal_changes_nothing(
-    ledger: Ledger, new_user: Callable[..., str], handler: Handler, content_type: str | None
+    ledger: UsersTable, new_user: Callable[..., str], handler: Handler, content_type: str | None
 ) -> None:
     send(ledger, new_user, handler, VALID_BODIES.get(handler), content_type=content_type)
 
@@ -613,7 +613,7 @@ def test_any_content_type_gets_a_2xx_or_4xx_and_a_refusal_changes_nothing(
 @settings(FUZZ, max_examples=60)
 @given(key=object_keys, add=st.one_of(st.integers(1, MAX_CREDIT_DELTA), credit_deltas))
 def test_any_object_key_gets_a_2xx_or_4xx_and_a_refusal_changes_nothing(
-    ledger: Ledger, new_user: Callable[..., str], handler: Handler, key: Any, add: Any
+    ledger: UsersTable, new_user: Callable[..., str], handler: Handler, key: Any, add: Any
 ) -> None:
     content_type = "application/json" if handler.body else None
     send(ledger, new_user, handler, add, key=key, content_type=content_type)
@@ -630,7 +630,7 @@ BIGINT_MAX = 2**63 - 1  # users.credits is a bigint
     add=st.integers(1, MAX_CREDIT_DELTA),
 )
 def test_credits_near_the_bigint_limit_are_added_exactly_or_refused(
-    ledger: Ledger, handler: Handler, balance: int, add: int
+    ledger: UsersTable, handler: Handler, balance: int, add: int
 ) -> None:
     """A balance the inputs cannot reach, but a row can hold: no overflow, no wrap-around."""
     user = f"u-{uuid.uuid4().hex[:12]}"
@@ -646,7 +646,7 @@ def test_credits_near_the_bigint_limit_are_added_exactly_or_refused(
 @pytest.mark.parametrize("handler", WITH_BODY, ids=_ids(WITH_BODY))
 @pytest.mark.parametrize("raw", [b"[" * 1000 + b"]" * 1000, b'{"a":' * 1000 + b"1" + b"}" * 1000])
 def test_deeply_nested_json_is_refused_with_a_4xx(
-    ledger: Ledger, new_user: Callable[..., str], handler: Handler, raw: bytes
+    ledger: UsersTable, new_user: Callable[..., str], handler: Handler, raw: bytes
 ) -> None:
     """Past Python's recursion limit (~970 levels) json.loads raises RecursionError; it must
     be a 400 naming the nesting, not the SDK's 500 for an undecodable input."""
@@ -654,7 +654,7 @@ def test_deeply_nested_json_is_refused_with_a_4xx(
 
 
 def test_no_invocation_of_a_public_handler_is_left_unfinished(
-    ledger: Ledger, new_user: Callable[..., str], admin: Admin
+    ledger: UsersTable, new_user: Callable[..., str], admin: Admin
 ) -> None:
     """After the fuzzing (and a last hostile call to each handler, so this test stands alone):
     every invocation of a public handler made in this module is ``completed``. The delayed
