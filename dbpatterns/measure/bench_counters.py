@@ -1,8 +1,9 @@
 """What the benchmark counts per operation, and where each count comes from.
 
 - CPU seconds of the service, restate-server (every node of a cluster, together) and Postgres
-  (postmaster and backends), from ``/proc/<pid>/stat``; the load generator's own CPU from the
-  kernel's accounting of the benchmark's waited-for children (``RUSAGE_CHILDREN``).
+  (postmaster and backends), from ``/proc/<pid>/stat`` (read by ``dbpatterns.stack.procfs``);
+  the load generator's own CPU from the kernel's accounting of the benchmark's waited-for
+  children (``RUSAGE_CHILDREN``).
 - Write transactions: the transaction ids Postgres handed out (``pg_current_snapshot()``'s
   xmax moves by one per transaction that wrote). Read-only transactions get none. This is
   exact at the moment it is read, unlike ``pg_stat_database``, whose counters backends flush
@@ -15,42 +16,17 @@
 
 from __future__ import annotations
 
-import os
 import re
 import resource
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import psycopg
 
+from dbpatterns.stack import procfs
 from dbpatterns.stack.client import Admin, Ingress
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
 # --- process CPU -------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
-
-
-def children_of(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == pid:
-                kids.append(int(entry.name))
-    return kids
 
 
 def children_cpu_seconds() -> float:
@@ -69,8 +45,8 @@ class CpuMeter:
     def sample(self) -> dict[str, dict[int, float]]:
         out: dict[str, dict[int, float]] = {}
         for part, pids in self.pids.items():
-            group = [*pids, *children_of(pids[0])] if part == "postgres" else pids
-            out[part] = {p: cpu_seconds(p) for p in group}
+            group = [*pids, *procfs.children_of(pids[0])] if part == "postgres" else pids
+            out[part] = {p: procfs.cpu_seconds(p) for p in group}
         return out
 
     @staticmethod

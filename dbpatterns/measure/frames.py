@@ -86,6 +86,7 @@ from dbpatterns.stack import (
     ChildProcess,
     LabError,
     pid_alive,
+    procfs,
     read_state,
     spawn,
     tail,
@@ -309,18 +310,12 @@ def sequence(client: httpx.Client, workload: str, calls: int) -> Windows:
 
 def established(port: int) -> set[int]:
     """The remote ports of the established TCP connections to local ``port`` (restate-server's
-    ends of its connections to the service), from ``/proc/net/tcp``."""
-    peers = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            local, remote, state = row.split()[1:4]
-            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
-                peers.add(int(remote.rsplit(":", 1)[1], 16))
-    return peers
+    ends of its connections to the service), from ``/proc/net/tcp`` and ``tcp6``."""
+    return {
+        socket.remote_port
+        for socket in procfs.tcp_sockets()
+        if socket.state == procfs.ESTABLISHED and socket.local_port == port
+    }
 
 
 def warm_up(client: httpx.Client, workload: str, port: int, minimum: int) -> int:

@@ -191,7 +191,7 @@ async def run(spec: Spec) -> Outcome:
 
 async def backend_cpu(pool: Any) -> dict[int, float]:
     """CPU seconds so far of each Postgres backend serving this process's pool (same host)."""
-    from dbpatterns.measure.bench_counters import cpu_seconds
+    from dbpatterns.stack.procfs import cpu_seconds
 
     async with pool.connection() as conn:
         cursor = await conn.execute(

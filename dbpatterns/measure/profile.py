@@ -15,7 +15,6 @@ that run no Python, shows up.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from dbpatterns.config import Settings
 from dbpatterns.measure import bench, wrkload
-from dbpatterns.stack import LabError
+from dbpatterns.stack import LabError, procfs
 
 #: Where a sampled frame's file lies, by the component it belongs to (first match wins).
 COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -59,17 +58,10 @@ class Profile:
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds (user + system) the live threads of ``pid`` have used, summed by thread
     name; the thread that runs the event loop (the process's first) is named ``main``."""
-    ticks = os.sysconf("SC_CLK_TCK")
     used: dict[str, float] = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            stat = (task / "stat").read_text()
-        except OSError:
-            continue  # the thread ended meanwhile
-        name = "main" if task.name == str(pid) else stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state) on
-        utime, stime = int(fields[11]), int(fields[12])
-        used[name] = used.get(name, 0.0) + (utime + stime) / ticks
+    for tid, stat in procfs.threads(pid).items():
+        name = "main" if tid == pid else stat.name
+        used[name] = used.get(name, 0.0) + stat.cpu_seconds
     return used
 
 
