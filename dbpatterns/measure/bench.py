@@ -40,6 +40,10 @@ from dbpatterns.measure.bench_counters import (
 )
 from dbpatterns.measure.bench_report import header, row
 from dbpatterns.measure.loadgen import target
+
+# chaos/node_faults.py still imports the percentile from here: re-exported until it imports
+# dbpatterns.measure.stats, then this line goes.
+from dbpatterns.measure.stats import percentile as percentile
 from dbpatterns.stack import LabError, read_state
 
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
@@ -96,14 +100,6 @@ class Result:
     error_samples: list[str] = field(default_factory=list)
     vs_direct: float | None = None
     vs_noop: float | None = None
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
-    return ordered[index]
 
 
 # --- the database side -------------------------------------------------------------------------

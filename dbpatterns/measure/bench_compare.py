@@ -16,6 +16,8 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+from dbpatterns.measure import tables
+
 
 @dataclass(frozen=True)
 class Side:
@@ -90,15 +92,14 @@ def markdown(before: Side, after: Side) -> str:
         f"{after.name}/{before.name}", f"p50 ms {names}", f"p99 ms {names}",
         f"service CPU ms/op {names}", f"restate-server CPU ms/op {names}",
     ]  # fmt: skip
-    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
+    rows = []
     for row in (row for row in a if row in b):
         x, y = a[row], b[row]
         workload, distribution, concurrency = row
-        cells = [
+        rows.append([
             f"`{workload}`", distribution, str(concurrency), x.ops_cell(), y.ops_cell(),
             f"{y.throughput / x.throughput:.2f}",
             f"{x.p50_ms:.0f} / {y.p50_ms:.0f}", f"{x.p99_ms:.0f} / {y.p99_ms:.0f}",
             f"{ms(x.service_ms)} / {ms(y.service_ms)}", f"{ms(x.restate_ms)} / {ms(y.restate_ms)}",
-        ]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        ])  # fmt: skip
+    return tables.markdown(cols, rows) + "\n"

@@ -8,6 +8,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dbpatterns.measure import tables
+
 if TYPE_CHECKING:
     from dbpatterns.measure.bench import Result
 
@@ -52,21 +54,20 @@ def markdown(results: list[Result]) -> str:
     cols = ["workload", "dist", "c", "ops/s", "vs noop", "vs direct", "p50 ms", "p99 ms",
             "errors", "write tx/op", "stmts/op", "steps/op",
             "cpu ms/op svc / restate / pg / load", "ledger"]  # fmt: skip
-    lines = ["| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
-    for r in results:
-        lines.append(
-            "| " + " | ".join([
-                f"`{r.workload}`", r.distribution, str(r.concurrency), f"{r.throughput:.0f}",
-                f"{r.vs_noop:.2f}" if r.vs_noop is not None else "",
-                f"{r.vs_direct:.2f}" if r.vs_direct is not None else "",
-                f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}", str(r.errors),
-                f"{r.db_write_transactions_per_op:.2f}", per_op(r.db_statements_per_op),
-                per_op(r.durable_steps_per_op),
-                " / ".join(cpu(r, part) for part in ("service", "restate", "postgres", "load")),
-                ledger(r).lower() if r.ledger_exact else "**wrong**",
-            ]) + " |"
-        )  # fmt: skip
-    return "\n".join(lines) + "\n"
+    rows = [
+        [
+            f"`{r.workload}`", r.distribution, str(r.concurrency), f"{r.throughput:.0f}",
+            f"{r.vs_noop:.2f}" if r.vs_noop is not None else "",
+            f"{r.vs_direct:.2f}" if r.vs_direct is not None else "",
+            f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}", str(r.errors),
+            f"{r.db_write_transactions_per_op:.2f}", per_op(r.db_statements_per_op),
+            per_op(r.durable_steps_per_op),
+            " / ".join(cpu(r, part) for part in ("service", "restate", "postgres", "load")),
+            ledger(r).lower() if r.ledger_exact else "**wrong**",
+        ]
+        for r in results
+    ]  # fmt: skip
+    return tables.markdown(cols, rows) + "\n"
 
 
 def plot(results: list[Result], path: Path) -> None:

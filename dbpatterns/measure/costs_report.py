@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dbpatterns.measure import tables
 from dbpatterns.measure.bench_compare import load_rows
 from dbpatterns.measure.frames import (
     WORKLOADS,  # the table's rows: what ./lab frames counts, in order
@@ -42,17 +43,18 @@ def markdown(bench_json: Path, frames_json: Path, concurrency: int, distribution
         f"CPU ms svc / restate / pg (c={concurrency})",
         f"ops/s (c={concurrency})",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for workload in WORKLOADS:
-        if workload in bench_rows and workload in frame_rows:
-            lines.append(_row(workload, bench_rows[workload], frame_rows[workload]))
-    return "\n".join(lines) + "\n"
+    rows = [
+        _cells(workload, bench_rows[workload], frame_rows[workload])
+        for workload in WORKLOADS
+        if workload in bench_rows and workload in frame_rows
+    ]
+    return tables.markdown(header, rows) + "\n"
 
 
-def _row(workload: str, bench: dict[str, Any], frames: dict[str, dict[str, float]]) -> str:
+def _cells(workload: str, bench: dict[str, Any], frames: dict[str, dict[str, float]]) -> list[str]:
     into, out = frames[TO_SERVICE], frames[FROM_SERVICE]
     cpu = bench["cpu_ms_per_op"]
-    cells = [
+    return [
         f"`{workload}`",
         _count(bench["durable_steps_per_op"]),
         _count(bench["db_statements_per_op"]),
@@ -62,7 +64,6 @@ def _row(workload: str, bench: dict[str, Any], frames: dict[str, dict[str, float
         " / ".join(f"{cpu[part]:.2f}" for part in ("service", "restate", "postgres")),
         f"{bench['throughput']:.0f}",
     ]
-    return "| " + " | ".join(cells) + " |"
 
 
 def _count(value: float | None) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dbpatterns.measure import tables
 from dbpatterns.measure.frame_counting import (
     DIRECTIONS,
     Result,
@@ -95,20 +96,21 @@ def syscall_cells(count: SyscallCount | None, peers: Sequence[str]) -> list[str]
     return [f"{count.per_call(p, 'writes'):.2f} / {count.per_call(p, 'reads'):.2f}" for p in peers]
 
 
+def _frame_cells(result: Result, direction: str) -> list[str]:
+    figures = per_call(result, direction)
+    return [f"`{result.workload}`", direction, *(_figure(figures[c], c) for c in COLUMNS[2:])]
+
+
 def markdown(results: Sequence[Result]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    for r in results:
-        for direction in DIRECTIONS:
-            figures = per_call(r, direction)
-            cells = [f"`{r.workload}`", direction, *(_figure(figures[c], c) for c in COLUMNS[2:])]
-            lines.append("| " + " | ".join(cells) + " |")
+    frame_rows = [_frame_cells(r, direction) for r in results for direction in DIRECTIONS]
     sys_cols = ["workload", *(f"service: {p} w / r" for p in SERVICE_PEERS),
                 *(f"restate-server: {p} w / r" for p in RESTATE_PEERS)]  # fmt: skip
-    lines += ["", "| " + " | ".join(sys_cols) + " |", "|" + " --- |" * len(sys_cols)]
-    for r in results:
-        cells = [f"`{r.workload}`", *syscall_cells(r.service, SERVICE_PEERS),
-                 *syscall_cells(r.restate, RESTATE_PEERS)]  # fmt: skip
-        lines.append("| " + " | ".join(cells) + " |")
+    sys_rows = [
+        [f"`{r.workload}`", *syscall_cells(r.service, SERVICE_PEERS),
+         *syscall_cells(r.restate, RESTATE_PEERS)]
+        for r in results
+    ]  # fmt: skip
+    lines = [tables.markdown(COLUMNS, frame_rows), "", tables.markdown(sys_cols, sys_rows)]
     notes = [f"`{r.workload}`: {excluded_note(r)}" for r in results if excluded_note(r)]
     if notes:
         lines += ["", "Left out, or added: " + "; ".join(notes) + "."]

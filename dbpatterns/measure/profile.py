@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dbpatterns.config import Settings
-from dbpatterns.measure import bench, wrkload
+from dbpatterns.measure import bench, tables, wrkload
 from dbpatterns.stack import LabError, procfs
 
 #: Where a sampled frame's file lies, by the component it belongs to (first match wins).
@@ -96,19 +96,27 @@ def summarise(collapsed: Iterable[str], top: int = 12) -> Profile:
 def markdown(profile: Profile, title: str) -> str:
     share = max(profile.samples, 1)
     out = [f"### {title}", "", f"{profile.samples} samples of the service's busy threads.", ""]
-    out += ["| where the CPU is (self time) | share |", "| --- | --- |"]
-    out += [f"| {name} | {n / share:.1%} |" for name, n in profile.by_component.items()]
-    out += ["", "| busiest lines | share |", "| --- | --- |"]
-    out += [f"| `{leaf}` | {n / share:.1%} |" for leaf, n in profile.top_lines]
+    out += [
+        tables.markdown(
+            ["where the CPU is (self time)", "share"],
+            ([name, f"{n / share:.1%}"] for name, n in profile.by_component.items()),
+        ),
+        "",
+        tables.markdown(
+            ["busiest lines", "share"],
+            ([f"`{leaf}`", f"{n / share:.1%}"] for leaf, n in profile.top_lines),
+        ),
+    ]
     if profile.threads_ms_per_call:
         total = sum(profile.threads_ms_per_call.values())
+        threads = [[name, f"{ms:.2f}"] for name, ms in profile.threads_ms_per_call.items()]
         out += [
             "",
-            "| thread (from /proc, the sampled window) | CPU ms per call |",
-            "| --- | --- |",
+            tables.markdown(
+                ["thread (from /proc, the sampled window)", "CPU ms per call"],
+                [*threads, ["all", f"{total:.2f}"]],
+            ),
         ]
-        out += [f"| {name} | {ms:.2f} |" for name, ms in profile.threads_ms_per_call.items()]
-        out += [f"| all | {total:.2f} |"]
     return "\n".join(out) + "\n"
 
 

@@ -91,13 +91,6 @@ def test_a_short_benchmark_counts_every_operation_and_finds_the_ledger_exact(
     assert "`keyed.updateConditional`" in (tmp_path / "bench.md").read_text()
 
 
-def test_percentiles_pick_the_sample_at_that_rank() -> None:
-    samples = [float(x) for x in range(1, 101)]
-    assert bench.percentile(samples, 50) == 50.0
-    assert bench.percentile(samples, 99) == 99.0
-    assert bench.percentile([], 99) == 0.0
-
-
 def test_the_cpu_of_every_node_of_a_cluster_counts_as_restate_servers(tmp_path: Path) -> None:
     parts = {
         "postgres": {"pid": 11},
