@@ -24,13 +24,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
 
 from dbpatterns.config import PROJECT_ROOT, Settings
-from dbpatterns.measure import wrkload
+from dbpatterns.measure import bench_report, wrkload
 from dbpatterns.measure.bench_counters import (
     CpuMeter,
     StatementCounter,
@@ -38,7 +38,7 @@ from dbpatterns.measure.bench_counters import (
     journal_steps,
     next_transaction_id,
 )
-from dbpatterns.measure.bench_report import header, row
+from dbpatterns.measure.bench_row import BenchRow
 from dbpatterns.measure.loadgen import target
 
 # chaos/node_faults.py still imports the percentile from here: re-exported until it imports
@@ -74,32 +74,6 @@ WORKLOADS = [
     Workload("twoPhaseCommit.update", True, "PREPARE in one step, COMMIT PREPARED in the next"),
 ]
 DISTRIBUTIONS = ("spread", "hot")
-
-
-@dataclass
-class Result:
-    workload: str
-    distribution: str
-    concurrency: int
-    load: str  # the load generator: wrk or python
-    duration: float
-    ops: int
-    errors: int
-    throughput: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    max_ms: float
-    db_write_transactions_per_op: float
-    db_statements_per_op: float | None  # None: pg_stat_statements missing, or it lost entries
-    durable_steps_per_op: float | None  # None: no Restate (direct)
-    # service, restate, postgres, load; ``direct``'s load process is its service (no load entry)
-    cpu_ms_per_op: dict[str, float]
-    ledger_exact: bool
-    in_flight_at_stop: int = 0  # calls left unanswered when the load stopped
-    error_samples: list[str] = field(default_factory=list)
-    vs_direct: float | None = None
-    vs_noop: float | None = None
 
 
 # --- the database side -------------------------------------------------------------------------
@@ -215,7 +189,7 @@ def run_one(
     statements: StatementCounter,
     steps: float | None,
     load: Load,
-) -> Result:
+) -> BenchRow:
     targets = [HOT_USER] if distribution == "hot" else users
     python = load == "python" or workload.name == "direct"
     balance_before = credits(settings.libpq_url, targets) if workload.changes_credits else {}
@@ -265,7 +239,7 @@ def run_one(
         used["load"] = out.load_cpu_seconds
     if own_backends:
         used["postgres"] = used.get("postgres", 0.0) + sum(own_backends.values())
-    return Result(
+    return BenchRow(
         workload=workload.name,
         distribution=distribution,
         concurrency=concurrency,
@@ -302,7 +276,7 @@ def measured_steps(settings: Settings, workload: Workload, users: list[str]) -> 
     return round(journal_steps(settings.ingress_url, settings.admin_url, request, users), 2)
 
 
-def add_ratios(results: list[Result]) -> None:
+def add_ratios(results: list[BenchRow]) -> None:
     for r in results:
         same = {
             x.workload: x.throughput
@@ -342,15 +316,15 @@ def benchmark(
     pids: Mapping[str, int | Sequence[int]] | None = None,
     load: Load = "wrk",
     say: Callable[[str], None] = print,
-) -> list[Result]:
+) -> list[BenchRow]:
     users = prepare_users(settings.libpq_url)
     meter = CpuMeter(pids if pids is not None else lab_pids(settings))
     statements = StatementCounter(settings.libpq_url)
     if not statements.available:
         say("pg_stat_statements is not preloaded: round trips per operation are not counted")
     steps = {w.name: measured_steps(settings, w, users) for w in workloads}
-    results: list[Result] = []
-    say(header())
+    results: list[BenchRow] = []
+    say(bench_report.header())
     for concurrency in concurrencies:
         for distribution in distributions:
             for workload in workloads:
@@ -367,12 +341,12 @@ def benchmark(
                     load,
                 )
                 results.append(result)
-                say(row(result))
+                say(bench_report.row(result))
     add_ratios(results)
     return results
 
 
-def summary(results: list[Result]) -> dict[str, Any]:
+def summary(results: list[BenchRow]) -> dict[str, Any]:
     """The targets of the lab, checked on these results (see the README)."""
     low = min(r.concurrency for r in results)
     checks: dict[str, Any] = {}

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dbpatterns.measure import tables
-
-if TYPE_CHECKING:
-    from dbpatterns.measure.bench import Result
+from dbpatterns.measure.bench_row import BenchRow
 
 COLUMNS = (
     "workload", "dist", "c", "ops/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors",
@@ -24,11 +22,11 @@ def per_op(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def cpu(r: Result, part: str) -> str:
+def cpu(r: BenchRow, part: str) -> str:
     return per_op(r.cpu_ms_per_op.get(part))
 
 
-def ledger(r: Result) -> str:
+def ledger(r: BenchRow) -> str:
     return "exact" if r.ledger_exact else "WRONG"
 
 
@@ -36,7 +34,7 @@ def header() -> str:
     return "  ".join(f"{c:>11}" if i else f"{c:<24}" for i, c in enumerate(COLUMNS))
 
 
-def cells(r: Result) -> list[str]:
+def cells(r: BenchRow) -> list[str]:
     return [
         r.workload, r.distribution, str(r.concurrency), f"{r.throughput:.0f}",
         f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}", f"{r.p99_ms:.1f}", f"{r.max_ms:.0f}",
@@ -46,11 +44,11 @@ def cells(r: Result) -> list[str]:
     ]  # fmt: skip
 
 
-def row(r: Result) -> str:
+def row(r: BenchRow) -> str:
     return "  ".join(f"{c:>11}" if i else f"{c:<24}" for i, c in enumerate(cells(r)))
 
 
-def markdown(results: list[Result]) -> str:
+def markdown(results: list[BenchRow]) -> str:
     cols = ["workload", "dist", "c", "ops/s", "vs noop", "vs direct", "p50 ms", "p99 ms",
             "errors", "write tx/op", "stmts/op", "steps/op",
             "cpu ms/op svc / restate / pg / load", "ledger"]  # fmt: skip
@@ -70,7 +68,7 @@ def markdown(results: list[Result]) -> str:
     return tables.markdown(cols, rows) + "\n"
 
 
-def plot(results: list[Result], path: Path) -> None:
+def plot(results: list[BenchRow], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,7 +108,7 @@ def plot(results: list[Result], path: Path) -> None:
     plt.close(fig)
 
 
-def write_results(results: list[Result], folder: Path, meta: dict[str, Any]) -> Path:
+def write_results(results: list[BenchRow], folder: Path, meta: dict[str, Any]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "bench.json"
     path.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=2))
