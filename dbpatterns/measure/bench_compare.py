@@ -27,10 +27,10 @@ class Side:
     runs: tuple[Path, ...]
 
 
-Row = tuple[str, str, int]  # workload, distribution, concurrency
+RowKey = tuple[str, str, int]  # a bench row's workload, distribution and concurrency
 
 
-def load_rows(path: Path) -> dict[Row, dict[str, Any]]:
+def load_rows(path: Path) -> dict[RowKey, dict[str, Any]]:
     results = json.loads(path.read_text())["results"]
     return {(r["workload"], r["distribution"], r["concurrency"]): r for r in results}
 
@@ -70,11 +70,11 @@ class Figures:
         return f"{self.throughput:.0f} ({min(self.ops):.0f}-{max(self.ops):.0f})"
 
 
-def figures(side: Side) -> dict[Row, Figures]:
+def figures(side: Side) -> dict[RowKey, Figures]:
     """The rows every run of ``side`` has, each over all its runs."""
     per_run = [load_rows(path) for path in side.runs]
-    common = [row for row in per_run[0] if all(row in run for run in per_run)]
-    return {row: Figures.of([run[row] for run in per_run]) for row in common}
+    common = [key for key in per_run[0] if all(key in run for run in per_run)]
+    return {key: Figures.of([run[key] for run in per_run]) for key in common}
 
 
 def ms(value: float | None) -> str:
@@ -93,9 +93,9 @@ def markdown(before: Side, after: Side) -> str:
         f"service CPU ms/op {names}", f"restate-server CPU ms/op {names}",
     ]  # fmt: skip
     rows = []
-    for row in (row for row in a if row in b):
-        x, y = a[row], b[row]
-        workload, distribution, concurrency = row
+    for key in (key for key in a if key in b):
+        x, y = a[key], b[key]
+        workload, distribution, concurrency = key
         rows.append([
             f"`{workload}`", distribution, str(concurrency), x.ops_cell(), y.ops_cell(),
             f"{y.throughput / x.throughput:.2f}",

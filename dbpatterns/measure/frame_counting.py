@@ -15,7 +15,7 @@ Pure functions over text, so that the attribution rules can be tested on crafted
   (``strace -f -ttt -yy``): each syscall counts for the call in whose window it started, under the
   peer of its file descriptor (the connection to restate-server, to Postgres, ...).
 
-``Result`` holds one workload's counts, from which ``frames_report`` makes the tables.
+``WireCounts`` holds one workload's counts, from which ``frames_report`` makes the tables.
 
 A call's window runs from the moment its request was sent to the moment the next call's was;
 the last one ends when the measurement stopped. The calls are sequential, so whatever one call
@@ -365,8 +365,9 @@ def count_syscalls(
 
 
 @dataclass
-class Result:
-    """One workload's counts: the capture pass's frames, the trace pass's syscalls."""
+class WireCounts:
+    """One workload's counts on the wire: the capture pass's frames, the trace pass's
+    syscalls."""
 
     workload: str
     calls: int

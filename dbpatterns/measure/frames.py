@@ -69,9 +69,9 @@ from dbpatterns.measure.frame_counting import (
     TSHARK_FIELDS,
     CountingError,
     FrameCount,
-    Result,
     SyscallCount,
     Windows,
+    WireCounts,
     count_frames,
     count_syscalls,
     parse_packets,
@@ -128,8 +128,9 @@ def require_tools() -> None:
 
 
 @dataclass(frozen=True)
-class Lab:
-    """The running lab's parts that ``frames`` calls, captures and traces."""
+class TracedStack:
+    """The running stack as ``frames`` sees it: the ingress it calls, the database it seeds, the
+    service port it captures, the processes it traces."""
 
     ingress_url: str
     database_url: str
@@ -138,7 +139,7 @@ class Lab:
     restate_pids: tuple[int, ...]  # none: restate-server does not run here (a container)
 
     @classmethod
-    def from_state(cls, home: Path) -> Lab:
+    def from_state(cls, home: Path) -> TracedStack:
         state = read_state(home)
         if not state:
             raise LabError(
@@ -167,6 +168,10 @@ class Lab:
     @property
     def postgres_port(self) -> int:
         return int(psycopg.conninfo.conninfo_to_dict(self.database_url).get("port") or 5432)
+
+
+#: The CLI's name for ``TracedStack`` until dbpatterns/cli calls it by its own; then this goes.
+Lab = TracedStack
 
 
 def port_of(url: str) -> int:
@@ -335,21 +340,21 @@ def warm_up(client: httpx.Client, workload: str, port: int, minimum: int) -> int
 
 
 def capture_pass(
-    lab: Lab, client: httpx.Client, workload: str, calls: int, pcap: Path
+    stack: TracedStack, client: httpx.Client, workload: str, calls: int, pcap: Path
 ) -> FrameCount:
     """The calls under tcpdump, counted; again (up to ``ATTEMPTS`` times) if restate-server
     opened a connection meanwhile, whose setup would count for a call."""
     for _ in range(ATTEMPTS):
-        with capturing(lab.service_port, pcap):
+        with capturing(stack.service_port, pcap):
             windows = sequence(client, workload, calls)
         try:
-            packets = parse_packets(decode(pcap, lab.service_port), lab.service_port)
+            packets = parse_packets(decode(pcap, stack.service_port), stack.service_port)
             frames = count_frames(packets, windows)
         except CountingError as exc:
             raise LabError(
                 f"{workload}: {exc}",
                 f"look at the capture (keep it with --raw DIR): "
-                f"tshark -r {pcap.name} -d tcp.port=={lab.service_port},http2",
+                f"tshark -r {pcap.name} -d tcp.port=={stack.service_port},http2",
             ) from exc
         if not frames.connections_opened:
             break
@@ -363,30 +368,35 @@ class Traced:
     connections_opened: int
 
 
-def trace_pass(lab: Lab, client: httpx.Client, workload: str, calls: int, workdir: Path) -> Traced:
+def trace_pass(
+    stack: TracedStack, client: httpx.Client, workload: str, calls: int, workdir: Path
+) -> Traced:
     """The calls under strace, counted; again (up to ``ATTEMPTS`` times) if restate-server
     opened a connection meanwhile."""
     service_trace = workdir / f"{workload}.service.strace"
     restate_trace = workdir / f"{workload}.restate.strace"
     for _ in range(ATTEMPTS):
-        before = established(lab.service_port)
-        with tracing([lab.service_pid], service_trace), tracing(lab.restate_pids, restate_trace):
+        before = established(stack.service_port)
+        with (
+            tracing([stack.service_pid], service_trace),
+            tracing(stack.restate_pids, restate_trace),
+        ):
             windows = sequence(client, workload, calls)
         syscalls = parse_strace(service_trace.read_text())
         used = {
             ports[1]
             for c in syscalls
-            if (ports := tcp_ports(c.fd)) and ports[0] == lab.service_port
+            if (ports := tcp_ports(c.fd)) and ports[0] == stack.service_port
         }
         service = count_syscalls(
-            syscalls, windows, service_peer(lab.service_port, lab.postgres_port)
+            syscalls, windows, service_peer(stack.service_port, stack.postgres_port)
         )
         restate = None
-        if lab.restate_pids:
+        if stack.restate_pids:
             restate = count_syscalls(
                 parse_strace(restate_trace.read_text()),
                 windows,
-                restate_peer(lab.service_port, lab.ingress_port),
+                restate_peer(stack.service_port, stack.ingress_port),
             )
         traced = Traced(service, restate, len(used - before))
         if not traced.connections_opened:
@@ -400,18 +410,20 @@ def trace_pass(lab: Lab, client: httpx.Client, workload: str, calls: int, workdi
         raise LabError(
             f"{workload}: strace saw fewer socket syscalls on the Restate connection than calls "
             f"({calls}): {', '.join(short)}",
-            f"were the right processes traced (service pid {lab.service_pid}, restate-server "
-            f"{list(lab.restate_pids)})? Keep the traces with --raw DIR and look",
+            f"were the right processes traced (service pid {stack.service_pid}, restate-server "
+            f"{list(stack.restate_pids)})? Keep the traces with --raw DIR and look",
         )
     return traced
 
 
-def measure(lab: Lab, workload: str, *, calls: int, warmup: int, workdir: Path) -> Result:
-    with httpx.Client(base_url=lab.ingress_url, timeout=30) as client:
-        warmed = warm_up(client, workload, lab.service_port, warmup)
-        frames = capture_pass(lab, client, workload, calls, workdir / f"{workload}.pcap")
-        traced = trace_pass(lab, client, workload, calls, workdir)
-    return Result(
+def measure(
+    stack: TracedStack, workload: str, *, calls: int, warmup: int, workdir: Path
+) -> WireCounts:
+    with httpx.Client(base_url=stack.ingress_url, timeout=30) as client:
+        warmed = warm_up(client, workload, stack.service_port, warmup)
+        frames = capture_pass(stack, client, workload, calls, workdir / f"{workload}.pcap")
+        traced = trace_pass(stack, client, workload, calls, workdir)
+    return WireCounts(
         workload,
         calls,
         frames,
@@ -423,27 +435,27 @@ def measure(lab: Lab, workload: str, *, calls: int, warmup: int, workdir: Path) 
 
 
 def run(
-    lab: Lab,
+    stack: TracedStack,
     workloads: Sequence[str],
     *,
     calls: int,
     warmup: int,
     raw_dir: Path | None = None,
     say: Callable[[str], None] = print,
-) -> list[Result]:
+) -> list[WireCounts]:
     """Measure each workload in turn; prints the table as it goes."""
     require_tools()
-    prepare_user(lab.database_url)
+    prepare_user(stack.database_url)
     results = []
-    with contextlib.ExitStack() as stack:
+    with contextlib.ExitStack() as cleanup:
         if raw_dir is None:
-            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="frames-")))
+            workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="frames-")))
         else:
             workdir = raw_dir
             workdir.mkdir(parents=True, exist_ok=True)
         say(header())
         for workload in workloads:
-            result = measure(lab, workload, calls=calls, warmup=warmup, workdir=workdir)
+            result = measure(stack, workload, calls=calls, warmup=warmup, workdir=workdir)
             results.append(result)
             for line in rows(result):
                 say(line)

@@ -1,6 +1,6 @@
 """``./lab frames``'s tables: the live text table, the Markdown and the JSON of the results.
 
-Every figure is a total over the calls divided by their number (``Result``); ``n/a`` where
+Every figure is a total over the calls divided by their number (``WireCounts``); ``n/a`` where
 restate-server could not be traced (it runs in a container).
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 from dbpatterns.measure import tables
 from dbpatterns.measure.frame_counting import (
     DIRECTIONS,
-    Result,
     SyscallCount,
+    WireCounts,
 )
 
 #: Frame types with a column of their own; the others add up in ``other``.
@@ -24,7 +24,7 @@ COLUMNS = ("workload", "direction", "frames", *COLUMN_TYPES, "other", "segments"
            "writes", "reads")  # fmt: skip
 
 
-def per_call(result: Result, direction: str) -> dict[str, float | None]:
+def per_call(result: WireCounts, direction: str) -> dict[str, float | None]:
     """One direction's figures per call, by column."""
     traffic = result.frames.traffic[direction]
     n = result.calls
@@ -59,7 +59,7 @@ def _line(cells: Sequence[str]) -> str:
     )
 
 
-def rows(result: Result) -> list[str]:
+def rows(result: WireCounts) -> list[str]:
     lines = []
     for i, direction in enumerate(DIRECTIONS):
         figures = per_call(result, direction)
@@ -71,7 +71,7 @@ def rows(result: Result) -> list[str]:
     return lines
 
 
-def excluded_note(result: Result) -> str:
+def excluded_note(result: WireCounts) -> str:
     """What the figures leave out (not from the calls), and connections opened, whose setup
     they include."""
     frames = result.frames
@@ -96,12 +96,12 @@ def syscall_cells(count: SyscallCount | None, peers: Sequence[str]) -> list[str]
     return [f"{count.per_call(p, 'writes'):.2f} / {count.per_call(p, 'reads'):.2f}" for p in peers]
 
 
-def _frame_cells(result: Result, direction: str) -> list[str]:
+def _frame_cells(result: WireCounts, direction: str) -> list[str]:
     figures = per_call(result, direction)
     return [f"`{result.workload}`", direction, *(_figure(figures[c], c) for c in COLUMNS[2:])]
 
 
-def markdown(results: Sequence[Result]) -> str:
+def markdown(results: Sequence[WireCounts]) -> str:
     frame_rows = [_frame_cells(r, direction) for r in results for direction in DIRECTIONS]
     sys_cols = ["workload", *(f"service: {p} w / r" for p in SERVICE_PEERS),
                 *(f"restate-server: {p} w / r" for p in RESTATE_PEERS)]  # fmt: skip
@@ -117,7 +117,7 @@ def markdown(results: Sequence[Result]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def syscall_table(results: Sequence[Result]) -> str:
+def syscall_table(results: Sequence[WireCounts]) -> str:
     """The socket syscalls per call by peer, as text (writes / reads)."""
     head = [
         "workload",
@@ -136,7 +136,7 @@ def syscall_table(results: Sequence[Result]) -> str:
     return "\n".join(lines)
 
 
-def as_json(result: Result) -> dict[str, Any]:
+def as_json(result: WireCounts) -> dict[str, Any]:
     n = result.calls
 
     def syscalls(count: SyscallCount | None) -> dict[str, Any] | None:
@@ -182,7 +182,7 @@ def as_json(result: Result) -> dict[str, Any]:
     }
 
 
-def write_results(results: Sequence[Result], folder: Path, meta: dict[str, Any]) -> Path:
+def write_results(results: Sequence[WireCounts], folder: Path, meta: dict[str, Any]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "frames.json"
     document = {"meta": meta, "results": [as_json(r) for r in results]}

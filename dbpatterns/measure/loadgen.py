@@ -45,7 +45,10 @@ class Spec:
 
 
 @dataclass
-class Outcome:
+class PythonLoadOutcome:
+    """What the Python load counted over its run, as the JSON it prints (``bench`` reads it
+    into a ``LoadOutcome``, as it reads wrk's ``WrkOutcome``)."""
+
     ok: int = 0
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
@@ -105,7 +108,9 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, b""
 
 
-async def http_worker(spec: Spec, out: Outcome, deadline: float, rng: random.Random) -> None:
+async def http_worker(
+    spec: Spec, out: PythonLoadOutcome, deadline: float, rng: random.Random
+) -> None:
     url = urlsplit(spec.ingress_url)
     host, port = url.hostname or "127.0.0.1", url.port or 80
     reader, writer = await asyncio.open_connection(host, port)
@@ -139,7 +144,7 @@ async def http_worker(spec: Spec, out: Outcome, deadline: float, rng: random.Ran
 
 
 async def direct_worker(
-    pool: Any, spec: Spec, out: Outcome, deadline: float, rng: random.Random
+    pool: Any, spec: Spec, out: PythonLoadOutcome, deadline: float, rng: random.Random
 ) -> None:
     from dbpatterns.patterns.users import ADD_CREDITS
 
@@ -155,8 +160,8 @@ async def direct_worker(
         out.success(user, spec.delta, started)
 
 
-async def run(spec: Spec) -> Outcome:
-    out = Outcome()
+async def run(spec: Spec) -> PythonLoadOutcome:
+    out = PythonLoadOutcome()
     rng = random.Random(spec.seed)
     pool = None
     if spec.workload == "direct":

@@ -14,8 +14,8 @@ from dbpatterns.measure.frame_counting import (
     TO_SERVICE,
     CountingError,
     FrameCount,
-    Result,
     Windows,
+    WireCounts,
     count_frames,
     count_syscalls,
     parse_packets,
@@ -207,7 +207,7 @@ def test_each_direction_names_the_writes_of_its_sender_and_the_reads_of_its_rece
 200 10.45 recvfrom(11<TCP:[127.0.0.1:{RESTATE}->127.0.0.1:{PORT}]>, ""..., 8192, 0, NULL, NULL) = 69
 """
     restate = count_syscalls(parse_strace(restate_trace), windows, restate_peer(PORT, 8080))
-    result = Result("x", 2, counted(call(10.0, 1) + call(11.0, 3), windows), service, restate)
+    result = WireCounts("x", 2, counted(call(10.0, 1) + call(11.0, 3), windows), service, restate)
     assert frames_report.per_call(result, TO_SERVICE)["writes"] == 0.5  # restate-server's writev
     assert frames_report.per_call(result, TO_SERVICE)["reads"] == 1.5  # the service's reads
     assert frames_report.per_call(result, TO_RESTATE)["writes"] == 1.5  # the service's writes
@@ -231,7 +231,7 @@ def test_real_calls_show_headers_both_ways_and_a_durable_step_costs_frames(
     )
     assert service.process is not None
     restate = restate_server.server.process if restate_server.server else None
-    lab = frames.Lab(
+    stack = frames.TracedStack(
         ingress_url=restate_server.ingress_url,
         database_url=database_url,
         service_port=settings.service_port,
@@ -240,7 +240,7 @@ def test_real_calls_show_headers_both_ways_and_a_durable_step_costs_frames(
     )
     calls = 5
     results = frames.run(
-        lab, ["baseline.noop", "keyed.update"], calls=calls, warmup=2, say=lambda _: None
+        stack, ["baseline.noop", "keyed.update"], calls=calls, warmup=2, say=lambda _: None
     )
     by_name = {r.workload: r for r in results}
     for r in results:
