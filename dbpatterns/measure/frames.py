@@ -42,21 +42,17 @@ What else may travel on the service port, and how it is kept out:
   ``DBPATTERNS_JANITOR_INTERVAL``: Postgres and the admin API) count when they fall in a window,
   in the ``postgres`` and ``other`` peers, never in the Restate connection's.
 
-The figures are totals over the N calls divided by N; nothing is estimated. The counting rules
-are in ``frame_counting``, the tables in ``frames_report``.
+The figures are totals over the N calls divided by N; nothing is estimated. The tools are
+driven by ``frames_tools``, the counting rules are in ``frame_counting``, the tables in
+``frames_report``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import shutil
-import signal
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -65,8 +61,6 @@ import httpx
 import psycopg
 
 from dbpatterns.measure.frame_counting import (
-    TRACED,
-    TSHARK_FIELDS,
     CountingError,
     FrameCount,
     SyscallCount,
@@ -81,16 +75,13 @@ from dbpatterns.measure.frame_counting import (
     tcp_ports,
 )
 from dbpatterns.measure.frames_report import header, rows
+from dbpatterns.measure.frames_tools import capturing, decode, require_tools, tracing
 from dbpatterns.measure.loadgen import target
 from dbpatterns.stack import (
-    ChildProcess,
     LabError,
     pid_alive,
     procfs,
     read_state,
-    spawn,
-    tail,
-    wait_until,
 )
 
 WORKLOADS = (
@@ -103,28 +94,11 @@ WORKLOADS = (
     "twoPhaseCommit.update",
 )
 FRAMES_USER = "frames-user"
-#: Debian packages of the tools, by command (``./lab`` installs the missing ones with apt-get).
-TOOLS = {"tcpdump": "tcpdump", "tshark": "tshark", "strace": "strace"}
 STABLE_CALLS = 50  # warm-up: this many calls in a row without a new connection ...
 MAX_WARMUP = 500  # ... or this many calls in all
 ATTEMPTS = 3  # a pass during which restate-server opened a connection is run again
 SETTLE_S = 0.2  # after the tools attach, before the first call
 GRACE_S = 0.5  # after the last call, for its last frames (late WINDOW_UPDATEs)
-
-
-def missing_tools() -> list[str]:
-    return [tool for tool in TOOLS if shutil.which(tool) is None]
-
-
-def require_tools() -> None:
-    missing = missing_tools()
-    if missing:
-        raise LabError(
-            f"{', '.join(missing)} not found on PATH: `frames` captures with tcpdump, decodes "
-            "with tshark and counts syscalls with strace",
-            "`./lab frames` installs them with apt-get when run as root; or "
-            f"`apt-get install {' '.join(TOOLS[t] for t in missing)}`",
-        )
 
 
 @dataclass(frozen=True)
@@ -179,104 +153,6 @@ def port_of(url: str) -> int:
     if port is None:
         raise LabError(f"no port in {url!r}")
     return port
-
-
-# --- the tools ---------------------------------------------------------------------------------
-
-
-def _started(
-    name: str, proc: ChildProcess, log: Path, ready: Callable[[str], bool], hint: str
-) -> None:
-    def is_ready() -> bool:
-        return ready(log.read_text(errors="replace"))
-
-    if not wait_until(is_ready, 15, alive=proc.alive):
-        proc.stop(signal.SIGINT, timeout=5)
-        raise LabError(f"{name} did not start; it says:\n{tail(log)}", hint)
-
-
-@contextlib.contextmanager
-def capturing(port: int, pcap: Path) -> Iterator[None]:
-    """tcpdump on the loopback interface, TCP port ``port`` only, into ``pcap``."""
-    log = pcap.with_suffix(".tcpdump.log")
-    privileges = ["-Z", "root"] if os.geteuid() == 0 else []  # else it writes as `tcpdump`
-    # --immediate-mode: without it, packets wait in the kernel's ring for a block to fill or a
-    # timeout, and a capture stopped within a second of its last call writes none of them.
-    argv = ["tcpdump", "-i", "lo", "-n", "--immediate-mode", "-U", "-s", "0", "-w", str(pcap)]
-    argv += privileges
-    proc = spawn("tcpdump", [*argv, f"tcp port {port}"], log)
-    try:
-        _started(
-            "tcpdump",
-            proc,
-            log,
-            lambda text: "listening on" in text,
-            "capturing needs root or the CAP_NET_RAW capability",
-        )
-        yield
-    finally:
-        proc.stop(signal.SIGINT, timeout=15)
-    check_complete(log.read_text(errors="replace"))
-
-
-def check_complete(tcpdump_says: str) -> None:
-    """tcpdump's closing words: every packet its filter took was written, none dropped.
-
-    On ``lo`` the kernel's filter sees each packet twice, going out and coming in, and libpcap
-    keeps only the incoming copy: every packet is written when ``received`` is twice
-    ``captured``."""
-
-    def packets(what: str) -> int | None:
-        found = re.findall(rf"(\d+) packets? {what}", tcpdump_says)
-        return int(found[-1]) if found else None
-
-    captured, received = packets("captured"), packets("received by filter")
-    dropped = packets("dropped by kernel")
-    if captured is None or received is None or dropped is None:
-        raise LabError(f"tcpdump did not say how many packets it captured:\n{tcpdump_says}")
-    if dropped or 2 * captured < received:
-        raise LabError(
-            f"tcpdump captured {captured} of {received} packets ({dropped} dropped by the "
-            "kernel): the counts would be short",
-            "run it again on a quieter machine",
-        )
-
-
-@contextlib.contextmanager
-def tracing(pids: Sequence[int], out: Path) -> Iterator[None]:
-    """strace on ``pids`` and all their threads, the socket read and write syscalls, with
-    timestamps and descriptor peers, into ``out``; detaches (the processes run on) at exit."""
-    if not pids:
-        yield
-        return
-    log = out.with_suffix(".strace.log")
-    argv = ["strace", "-f", "-ttt", "-yy", "-s", "0", "-e", f"trace={TRACED}", "-o", str(out)]
-    for pid in pids:
-        argv += ["-p", str(pid)]
-    proc = spawn("strace", argv, log)
-    try:
-        _started(
-            "strace",
-            proc,
-            log,
-            lambda text: len(re.findall(r"Process \d+ attached", text)) >= len(pids),
-            "tracing needs root or the CAP_SYS_PTRACE capability (a container: "
-            "--cap-add SYS_PTRACE)",
-        )
-        yield
-    finally:
-        proc.stop(signal.SIGINT, timeout=15)
-
-
-def decode(pcap: Path, port: int) -> str:
-    """tshark's ``TSHARK_FIELDS`` of every packet with a payload, the port decoded as HTTP/2."""
-    argv = ["tshark", "-r", str(pcap), "-n", "-d", f"tcp.port=={port},http2"]
-    argv += ["-Y", "tcp.len > 0", "-T", "fields", "-E", "separator=/t", "-E", "occurrence=a"]
-    argv += ["-E", "aggregator=,", *(arg for f in TSHARK_FIELDS for arg in ("-e", f))]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False)
-    if proc.returncode != 0:
-        raise LabError(f"tshark failed on {pcap}:\n{proc.stderr[-2000:]}")
-    return proc.stdout
 
 
 # --- one workload ------------------------------------------------------------------------------

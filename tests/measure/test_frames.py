@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from dbpatterns.config import Settings
-from dbpatterns.measure import frames, frames_report
+from dbpatterns.measure import frames, frames_report, frames_tools
 from dbpatterns.measure.frame_counting import (
     TO_RESTATE,
     TO_SERVICE,
@@ -224,7 +224,7 @@ def test_real_calls_show_headers_both_ways_and_a_durable_step_costs_frames(
     restate_server: RestateEndpoints,
     database_url: str,
 ) -> None:
-    missing = [tool for tool in frames.TOOLS if shutil.which(tool) is None]
+    missing = [tool for tool in frames_tools.TOOLS if shutil.which(tool) is None]
     assert not missing, (
         f"{', '.join(missing)} missing: `./lab verify` installs tcpdump, tshark and strace "
         "(apt-get, as root); or `apt-get install tcpdump tshark strace`"
@@ -266,16 +266,16 @@ def test_real_calls_show_headers_both_ways_and_a_durable_step_costs_frames(
 
 
 def test_a_capture_that_did_not_write_every_packet_fails() -> None:
-    frames.check_complete(
+    frames_tools.check_complete(
         "5 packets captured\n10 packets received by filter\n0 packets dropped by kernel"
     )
     # A capture stopped before the kernel handed its packets over (no --immediate-mode).
     with pytest.raises(LabError, match="captured 0 of 182 packets"):
-        frames.check_complete(
+        frames_tools.check_complete(
             "0 packets captured\n182 packets received by filter\n0 packets dropped by kernel"
         )
     with pytest.raises(LabError, match="3 dropped"):
-        frames.check_complete(
+        frames_tools.check_complete(
             "9 packets captured\n18 packets received by filter\n3 packets dropped by kernel"
         )
 
