@@ -1,5 +1,6 @@
-"""The one place the lab computes a statistic of a sample: a percentile, as the bench, the frames
-run and the chaos suite's stall figures report them."""
+"""The one place the lab computes a statistic of a sample: a percentile, as the bench (the
+latencies of its Python load) and the chaos suite (how long a node fault stalled the calls)
+report them."""
 
 from __future__ import annotations
 
