@@ -13,17 +13,18 @@ from pathlib import Path
 
 from chaos.cells import Cell
 from chaos.table import quick_cells
+from dbpatterns.measure import tables
 from dbpatterns.service import failpoints
 
 README = Path(__file__).resolve().parent / "README.md"
 
 
 def catalogue_markdown() -> str:
-    lines = ["| failpoint | where | a fault there tests |", "|---|---|---|"]
+    rows = []
     for name, text in failpoints.CATALOGUE.items():
         where, _, tests = text.partition(" -- ")
-        lines.append(f"| `{name}` | {where} | {tests} |")
-    return "\n".join(lines)
+        rows.append([f"`{name}`", where, tests])
+    return tables.markdown(["failpoint", "where", "a fault there tests"], rows)
 
 
 def _expected(cell: Cell) -> str:
@@ -31,17 +32,18 @@ def _expected(cell: Cell) -> str:
 
 
 def outcomes_markdown() -> str:
-    lines = [
-        "| handler | failpoint | fault | ops | expected | why |",
-        "|---|---|---|---|---|---|",
+    rows = [
+        [
+            ", ".join(h.name for h in cell.handlers),
+            cell.where,
+            cell.fault,
+            cell.operations,
+            _expected(cell),
+            cell.why,
+        ]
+        for cell in quick_cells()
     ]
-    for cell in quick_cells():
-        handlers = ", ".join(h.name for h in cell.handlers)
-        lines.append(
-            f"| {handlers} | {cell.where} | {cell.fault} | {cell.operations} "
-            f"| {_expected(cell)} | {cell.why} |"
-        )
-    return "\n".join(lines)
+    return tables.markdown(["handler", "failpoint", "fault", "ops", "expected", "why"], rows)
 
 
 BLOCKS = {"catalogue": catalogue_markdown, "outcomes": outcomes_markdown}

@@ -5,7 +5,8 @@ to node traffic (the replicated log, the metadata store, the cluster controller)
 calls to the service all cross a proxy here. Each proxy knows where a connection goes (the node
 or the service behind it) and finds out where it comes from: the process that owns the other
 end of the socket, read from ``/proc`` (``/proc/net/tcp`` gives the socket's inode, a node's
-``/proc/<pid>/fd`` holds it). So one address per node is enough to cut any pair.
+``/proc/<pid>/fd`` holds it; ``dbpatterns.stack.procfs`` reads both). So one address per node
+is enough to cut any pair.
 
 ``isolate(node)`` partitions one node from the others and from the service: every connection it
 has with them, and every one it opens, stops carrying bytes in both directions, as behind a
@@ -26,12 +27,11 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from chaos.loop_thread import LoopThread
+from dbpatterns.stack import procfs
 from dbpatterns.stack.processes import free_port
 
 log = logging.getLogger("chaos.network")
@@ -40,28 +40,20 @@ CHUNK = 65536
 SERVICE = "service"
 
 
-def socket_inode(client_port: int, server_port: int, table: str = "/proc/net/tcp") -> int | None:
+def socket_inode(client_port: int, server_port: int) -> int | None:
     """The inode of the socket connected from local port ``client_port`` to ``server_port``,
     from the kernel's table of IPv4 TCP sockets; None if there is none (it closed meanwhile)."""
-    wanted = (f"{client_port:04X}", f"{server_port:04X}")
-    for line in Path(table).read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote, inode = fields[1], fields[2], int(fields[9])
-        if (local.rsplit(":", 1)[1], remote.rsplit(":", 1)[1]) == wanted and inode:
-            return inode
+    for found in procfs.tcp_sockets(("tcp",)):
+        if (found.local_port, found.remote_port) == (client_port, server_port) and found.inode:
+            return found.inode
     return None
 
 
 def owner_of(inode: int, pids: Mapping[str, int]) -> str | None:
     """Which of ``pids`` (name -> pid) holds socket ``inode`` open; None if none does."""
-    target = f"socket:[{inode}]"
     for name, pid in pids.items():
-        fds = Path(f"/proc/{pid}/fd")
-        with contextlib.suppress(OSError):
-            for fd in fds.iterdir():
-                with contextlib.suppress(OSError):
-                    if os.readlink(fd) == target:
-                        return name
+        if procfs.holds_socket(pid, inode):
+            return name
     return None
 
 

@@ -25,7 +25,7 @@ from chaos.cells import LOAD_AFTER_S, LOAD_BEFORE_S, LOAD_RATE, Cell, Fault
 from chaos.supervisor import ChaosStack
 from chaos.verdict import Trial
 from chaos.workload import Operation, Outcome, Running, User, Workload, create_users
-from dbpatterns.measure.bench import percentile
+from dbpatterns.measure.stats import percentile
 from dbpatterns.stack import wait_until
 from dbpatterns.stack.cluster import Partition
 

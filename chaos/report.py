@@ -18,6 +18,7 @@ from typing import Any
 from chaos import matrix
 from chaos.supervisor import FaultCounts
 from chaos.verdict import CellResult
+from dbpatterns.measure import tables
 from dbpatterns.service import failpoints
 
 COLUMNS = [
@@ -111,6 +112,33 @@ class Run:
         }
 
 
+ANOMALY_COLUMNS = [
+    "cell",
+    "failpoint",
+    "kind",
+    "handler",
+    "user",
+    "idempotency key",
+    "invocation",
+    "answer",
+    "applied",
+]
+
+
+def _anomaly_cells(a: dict[str, Any]) -> list[str]:
+    return [
+        a["cell"],
+        a["failpoint"] or "-",
+        a["kind"],
+        a["handler"],
+        a["user_id"],
+        a["idempotency_key"],
+        a["invocation_id"] or "-",
+        a["outcome"],
+        f"{a['applied']}x",
+    ]
+
+
 def _cells_text(rows: Iterable[dict[str, Any]]) -> list[list[str]]:
     return [[str(row[key]) for _, key in COLUMNS] for row in rows]
 
@@ -193,24 +221,12 @@ def markdown(run: Run, matrix_png: str | None = None) -> str:
         "or the harness failed to provoke it. `zombie SQL`: statements the zombie ran after it "
         "resumed, and statements refused because its session was gone.",
         "",
-        "| " + " | ".join(title for title, _ in COLUMNS) + " |",
-        "|" + "|".join("---" for _ in COLUMNS) + "|",
+        tables.markdown([title for title, _ in COLUMNS], _cells_text(run.rows())),
     ]
-    out += ["| " + " | ".join(cells) + " |" for cells in _cells_text(run.rows())]
     anomalies = run.anomalies()
     out += ["", f"## Anomalies, per operation ({len(anomalies)})", ""]
     if anomalies:
-        out.append(
-            "| cell | failpoint | kind | handler | user | idempotency key | invocation | "
-            "answer | applied |"
-        )
-        out.append("|---|---|---|---|---|---|---|---|---|")
-        out += [
-            f"| {a['cell']} | {a['failpoint'] or '-'} | {a['kind']} | {a['handler']} | "
-            f"{a['user_id']} | {a['idempotency_key']} | {a['invocation_id'] or '-'} | "
-            f"{a['outcome']} | {a['applied']}x |"
-            for a in anomalies
-        ]
+        out.append(tables.markdown(ANOMALY_COLUMNS, [_anomaly_cells(a) for a in anomalies]))
     else:
         out.append("None.")
     out += ["", "## Per cell", ""]

@@ -56,6 +56,7 @@ from dbpatterns.stack import (
     ServiceProcess,
     free_port,
     free_port_base,
+    procfs,
     register_deployment,
     wait_until,
 )
@@ -103,15 +104,6 @@ BUSY_SESSIONS = (
 SESSIONS_WAITING_FOR_A_LOCK = (
     "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND wait_event_type = 'Lock'"
 )
-
-
-def process_state(pid: int) -> str:
-    """The kernel's one-letter state of ``pid`` (R, S, T for stopped, Z, ...); "" if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][:1]
-    except (OSError, IndexError):
-        return ""
 
 
 # --- failpoints ----------------------------------------------------------------------------------
@@ -509,7 +501,7 @@ class ChaosStack:
             if self.active is slot:
                 self._failover(slot)
             self._restart_in_background(slot)
-        elif slot.state == "ready" and process_state(process.pid) == "T":
+        elif slot.state == "ready" and procfs.state(process.pid) == "T":
             self.faults.service_paused += 1
             slot.state = "zombie"
             if self.active is slot:
