@@ -19,6 +19,8 @@ from typing import IO
 
 import httpx
 
+from dbpatterns.stack import procfs
+
 
 class LabError(Exception):
     """A problem the user can act on: what went wrong, and what to do about it."""
@@ -82,22 +84,14 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie (exited, not yet reaped) counts as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return True
+    # A zombie (exited, not yet reaped) counts as gone; a process that cannot be read, as alive.
+    return procfs.state(pid) != "Z"
 
 
 def pid_stopped(pid: int) -> bool:
     """Is the process stopped (SIGSTOP) now? A signal is delivered after ``kill`` returns, so a
     caller that must know the stop took effect asks this."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][:1] == "T"
-    except OSError:
-        return False
+    return procfs.state(pid) == "T"
 
 
 def _die_with_parent(sig: int) -> Callable[[], None] | None:
