@@ -49,8 +49,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from chaos.supervisor import FaultCounts
-from chaos.workload import (
+from chaos.handlers import (
     CREDIT_HANDLERS,
     EXACTLY_ONCE_HANDLERS,
     EXAMPLE_HANDLERS,
@@ -63,6 +62,7 @@ from chaos.workload import (
     TWO_PHASE_COMMIT_UPDATE,
     CreditHandler,
 )
+from chaos.supervisor import FaultCounts
 from dbpatterns.service import failpoints
 
 

@@ -37,8 +37,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from chaos.handlers import LedgerTable
 from chaos.workload import BASE, Operation, Outcome, User
-from chaos.workload import Ledger as LedgerTable
 from dbpatterns.service.db import APPLICATION_NAME
 from dbpatterns.stack.client import Admin
 

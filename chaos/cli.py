@@ -37,7 +37,7 @@ from chaos.supervisor import (
 )
 from chaos.table import quick_cells
 from chaos.verdict import CellResult
-from chaos.workload import Operation, Workload
+from chaos.workload import Operation, Resolver
 from dbpatterns.config import PROJECT_ROOT
 from dbpatterns.stack import LabError
 from dbpatterns.stack.provenance import provenance
@@ -122,7 +122,7 @@ def say(line: str) -> None:
     print(line, flush=True)
 
 
-def progress_of(total: int) -> Workload.Progress:
+def progress_of(total: int) -> Resolver.Progress:
     step = max(25, total // 10)
 
     def on_resolved(done: int, op: Operation) -> None:
@@ -132,10 +132,10 @@ def progress_of(total: int) -> Workload.Progress:
     return on_resolved
 
 
-def run_cells(runner: CellRunner, workload: Workload, cells: list[Cell], run: report.Run) -> None:
+def run_cells(runner: CellRunner, resolver: Resolver, cells: list[Cell], run: report.Run) -> None:
     for number, cell in enumerate(cells, 1):
         say(f"[{number:>3}/{len(cells)}] {cell.id}: expecting {cell.expect} ...")
-        workload.progress = progress_of(cell.operations) if cell.operations > 20 else None
+        resolver.progress = progress_of(cell.operations) if cell.operations > 20 else None
         result = runner.run(cell)
         run.results.append(result)
         say(_line(result))
@@ -200,11 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     say(f"chaos: stack up in {stack.home}")
     run.settings["produced_by"] = provenance(stack.settings, stack.database_url)
-    workload = Workload(stack.ingress_urls)
-    runner = CellRunner(stack, workload, seed=args.seed, zombie_cut=ZombieCut(args.zombie_cut))
+    resolver = Resolver(stack.ingress_urls)
+    runner = CellRunner(stack, resolver, seed=args.seed, zombie_cut=ZombieCut(args.zombie_cut))
     try:
         if args.profile in ("quick", "cluster"):
-            run_cells(runner, workload, cells, run)
+            run_cells(runner, resolver, cells, run)
         else:
             ends = time.monotonic() + duration
             rounds = 0
@@ -212,11 +212,11 @@ def main(argv: list[str] | None = None) -> int:
                 rounds += 1
                 cell = mixed_storm_cell(args.operations or 500)
                 say(f"[soak round {rounds}] {time.monotonic() - ends + duration:.0f} s in")
-                run_cells(runner, workload, [cell], run)
+                run_cells(runner, resolver, [cell], run)
     except KeyboardInterrupt:
         say("chaos: interrupted; reporting the cells that finished")
     finally:
-        workload.close()
+        resolver.close()
         stack.stop(remove=not args.keep)
         if args.keep:
             say(f"chaos: stack folder kept: {stack.home}")

@@ -22,9 +22,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from chaos.cells import HOLD_MS, Cell, Fault
+from chaos.handlers import SAME_PATTERN_AS, TWO_PHASE_COMMIT_UPDATE, CreditHandler
 from chaos.logs import log_since, log_size
 from chaos.verdict import Trial
-from chaos.workload import SAME_PATTERN_AS, TWO_PHASE_COMMIT_UPDATE, CreditHandler, User
+from chaos.workload import User
 from dbpatterns.examples import shapes
 from dbpatterns.service import janitor
 from dbpatterns.stack import wait_until
@@ -78,7 +79,7 @@ def cancelled(runner: CellRunner, cell: Cell, trial: Trial) -> list[User]:
     # Held less than the harness's inactivity timeout (2 s): Restate keeps the attempt while
     # its clean-up waits for the held step.
     stack.failpoints.set({point: f"1*sleep({HOLD_MS})"})
-    running = runner.workload.start([op for u in users for op in u.operations])
+    running = runner.resolver.start([op for u in users for op in u.operations])
     if not wait_until(lambda: stack.failpoints.remaining(point) == 0, 20, 0.02):
         trial.problems.append(f"the operation did not reach {point}")
         running.wait()

@@ -24,7 +24,7 @@ from chaos import attempts
 from chaos.cells import LOAD_AFTER_S, LOAD_BEFORE_S, LOAD_RATE, Cell, Fault
 from chaos.supervisor import ChaosStack
 from chaos.verdict import Trial
-from chaos.workload import Operation, Outcome, Running, User, Workload, create_users
+from chaos.workload import Operation, Outcome, Resolver, Running, User, create_users
 from dbpatterns.measure.stats import percentile
 from dbpatterns.stack import wait_until
 from dbpatterns.stack.cluster import Partition
@@ -65,7 +65,7 @@ class NodeFaults:
     """The node-fault cells of ``CellRunner`` (which provides ``_hold``)."""
 
     stack: ChaosStack
-    workload: Workload
+    resolver: Resolver
     trace: attempts.Trace
     random: random.Random
 
@@ -217,7 +217,7 @@ class NodeFaults:
         count = round(LOAD_RATE * (LOAD_BEFORE_S + LOAD_AFTER_S))
         users = create_users(self.stack.database_url, count, ledger=cell.handler.ledger)
         ops = [user.operation(cell.handler) for user in users]
-        running = self.workload.start(ops, rate=LOAD_RATE)
+        running = self.resolver.start(ops, rate=LOAD_RATE)
         time.sleep(LOAD_BEFORE_S)
         victim = self._busiest(cell, trial)
         struck = self._strike(cell, victim, running, trial)

@@ -42,21 +42,12 @@ from chaos.checker import (
     invocations_not_completed,
     late_writes,
 )
+from chaos.handlers import BRIEF_DEPOSIT, IDEMPOTENCY_UPDATE, CreditHandler
 from chaos.logs import log_since, log_size
 from chaos.node_faults import NodeFaults
 from chaos.supervisor import CHAOS_IDLE_IN_TRANSACTION_MS, ChaosStack, FaultCounts, Zombie
 from chaos.verdict import CellResult, Trial, judge
-from chaos.workload import (
-    BRIEF_DEPOSIT,
-    IDEMPOTENCY_UPDATE,
-    CreditHandler,
-    Operation,
-    Outcome,
-    Running,
-    User,
-    Workload,
-    create_users,
-)
+from chaos.workload import Operation, Outcome, Resolver, Running, User, create_users
 from dbpatterns.exactly_once.gids import GID_PREFIX
 from dbpatterns.examples import shapes
 from dbpatterns.service import failpoints, janitor
@@ -93,13 +84,13 @@ class CellRunner(NodeFaults):
     def __init__(
         self,
         stack: ChaosStack,
-        workload: Workload,
+        resolver: Resolver,
         *,
         seed: int | None = None,
         zombie_cut: ZombieCut = ZombieCut.RESTATE_TIMEOUT,
     ) -> None:
         self.stack = stack
-        self.workload = workload
+        self.resolver = resolver
         self.random = random.Random(seed)
         self.zombie_cut = zombie_cut
         self.trace = attempts.Trace(stack.sql_trace_path)
@@ -238,7 +229,7 @@ class CellRunner(NodeFaults):
         assert cell.point is not None
         users = self.users_of(cell)
         self.stack.failpoints.set({cell.point: "1*kill"})
-        self.workload.run_all(_ops(users))
+        self.resolver.run_all(_ops(users))
         if self.stack.failpoints.remaining(cell.point) != 0:
             trial.problems.append(f"the failpoint {cell.point} was never reached")
         return users
@@ -327,7 +318,7 @@ class CellRunner(NodeFaults):
         wait for the process to pause; None (and a problem) if it never does."""
         stack = self.stack
         stack.failpoints.set(actions)
-        running = self.workload.start(_ops(users))
+        running = self.resolver.start(_ops(users))
         try:
             return running, stack.wait_for_zombie(timeout=30)
         except TimeoutError:
@@ -397,10 +388,10 @@ class CellRunner(NodeFaults):
         # Held less than the harness's inactivity timeout (2 s), so Restate does not give up on
         # the held attempt and run the write a second time.
         stack.failpoints.set({cell.point: f"1*sleep({HOLD_MS})"})
-        running = self.workload.start([held])
+        running = self.resolver.start([held])
         if not wait_until(lambda: stack.failpoints.remaining(cell.point or "") == 0, 20, 0.02):
             trial.problems.append(f"{held.handler.name} never reached {cell.point}")
-        self.workload.run(outside)
+        self.resolver.run(outside)
         if running.done():
             trial.problems.append("the outside write landed after the held write: no window")
         else:
@@ -425,7 +416,7 @@ class CellRunner(NodeFaults):
         stack = self.stack
         users = self.users_of(cell)
         stack.failpoints.set({point: f"{cell.operations}*sleep({ms})"})
-        running = self.workload.start(_ops(users))
+        running = self.resolver.start(_ops(users))
         if not wait_until(lambda: stack.failpoints.remaining(point) == 0, 20, 0.02):
             trial.problems.append(f"the operations did not all reach {point}")
         else:
@@ -460,7 +451,7 @@ class CellRunner(NodeFaults):
         target = f"{cell.handler.service}/{cell.handler.handler}"
         earlier = self._invocations_not_completed(target)
         stack.failpoints.set({point: f"1*sleep({HOLD_MS * 4})"})
-        running = self.workload.start(_ops(users))
+        running = self.resolver.start(_ops(users))
         if not wait_until(lambda: stack.failpoints.remaining(point) == 0, 20, 0.02):
             trial.problems.append(f"the operation did not reach {point}")
             running.wait()
@@ -517,7 +508,7 @@ class CellRunner(NodeFaults):
         tokens = self._tokens_of_this_cell(trial, handler)
         trial.counts["tokens_of_killed_calls"] = len(tokens)
         (next_user,) = create_users(stack.database_url, 1, ledger=handler.ledger)
-        self.workload.run(next_user.operation(handler))
+        self.resolver.run(next_user.operation(handler))
         waited = 2 * self._tokens(handler)[1].total_seconds() + 20
 
         def left() -> int:
@@ -620,7 +611,7 @@ class CellRunner(NodeFaults):
         try:
             if chaos is not None:
                 chaos.start()
-            self.workload.run_all(ops)
+            self.resolver.run_all(ops)
         finally:
             if chaos is not None:
                 chaos.stop()

@@ -31,7 +31,7 @@ is not there, and the ledger must say so.
 from __future__ import annotations
 
 from chaos.cells import Cell, Expect, Fault, expectation
-from chaos.workload import (
+from chaos.handlers import (
     ACCOUNT_DEPOSIT,
     ACCOUNT_DEPOSIT_UNCHECKED,
     BRIEF_DEPOSIT,

@@ -2,7 +2,7 @@
 
 An operation adds a known number of credits to one user through one of the credit handlers,
 with an idempotency key of its own (header ``idempotency-key``). Under faults a request can end
-ambiguously: a timeout, a reset connection, restate-server gone. The workload then asks Restate
+ambiguously: a timeout, a reset connection, restate-server gone. The resolver then asks Restate
 again with the same key: Restate returns the first invocation's result (or attaches to it while
 it still runs), and never starts a second invocation for the key. So every operation ends
 *acknowledged* (its credits must be there exactly once) or *failed* (a definite error answer:
@@ -14,181 +14,21 @@ from __future__ import annotations
 
 import enum
 import itertools
-import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import psycopg
 
+from chaos.handlers import USERS, CreditHandler, LedgerTable
 from dbpatterns.stack.client import Ingress
 
 #: Answers that say "not now" rather than anything about the invocation: ask again.
 AMBIGUOUS_STATUS = {502, 503, 504}
-
-
-@dataclass(frozen=True)
-class Ledger:
-    """The table a handler adds to: one row per user of a cell, with the running total
-    (``amount``) and its count of writes (``version``); and, where the handler logs each write
-    in the same transaction, that log (``log``: table, key column, amount column)."""
-
-    table: str
-    key: str
-    amount: str
-    version: str = "version"
-    log: tuple[str, str, str] | None = None
-
-    def create(self, conn: psycopg.Connection[Any], keys: list[str], initial: int) -> None:
-        with conn.cursor() as cur:
-            if self.table == "users":
-                cur.executemany(
-                    "INSERT INTO users (userid, name, address, credits) VALUES (%s, %s, %s, %s)",
-                    [(k, "Chaos User", "1 Fault Line", initial) for k in keys],
-                )
-            elif self.table == "invoices":  # an invoice, due far more than any cell pays
-                cur.executemany(
-                    "INSERT INTO invoices (invoice_id, amount_due, paid) VALUES (%s, %s, %s)",
-                    [(k, 10**12, initial) for k in keys],
-                )
-            else:
-                cur.executemany(
-                    "INSERT INTO shapes_accounts (account_id, balance) VALUES (%s, %s)",
-                    [(k, initial) for k in keys],
-                )
-
-
-#: The lab's services add credits to ``users``.
-USERS = Ledger("users", "userid", "credits")
-#: The example built on the library (``dbpatterns.examples.invoices``) adds payments to
-#: ``invoices.paid`` and logs each one in ``invoice_payments``.
-INVOICES = Ledger(
-    "invoices", "invoice_id", "paid", log=("invoice_payments", "invoice_id", "amount")
-)
-#: The shapes example (``dbpatterns.examples.shapes``) deposits into ``shapes_accounts.balance``
-#: and logs each deposit in ``shapes_entries``.
-SHAPES = Ledger(
-    "shapes_accounts", "account_id", "balance", log=("shapes_entries", "account_id", "amount")
-)
-
-
-@dataclass(frozen=True)
-class CreditHandler:
-    """A handler that adds an amount to a row, and how to call it. ``name`` prefixes its
-    failpoints."""
-
-    name: str
-    service: str
-    handler: str
-    keyed: bool  # a virtual object keyed by the row's id, with the bare amount as body
-    exactly_once: bool  # what the pattern promises under crashes and zombies
-    ledger: Ledger = USERS
-    #: The body's two fields: the row's id and the amount to add.
-    fields: tuple[str, str] = ("userId", "addCredits")
-    #: How many times one operation adds its amount: 2 for a handler that makes two calls of a
-    #: pattern in one invocation (each adds the amount, each counts one write).
-    applications: int = 1
-
-    def request(self, user_id: str, delta: int) -> tuple[str | None, Any]:
-        """(object key, body) of a call adding ``delta`` to ``user_id``'s row."""
-        if self.keyed:
-            return user_id, delta
-        return None, {self.fields[0]: user_id, self.fields[1]: delta}
-
-    def curl(self, user_id: str, delta: int, ingress: str = "http://localhost:8080") -> str:
-        key, body = self.request(user_id, delta)
-        path = Ingress.path(self.service, self.handler, key)
-        data = json.dumps(body)
-        return (
-            f"curl -s {ingress}{path} -H 'content-type: application/json' "
-            f"-H 'idempotency-key: chaos-1' -d '{data}'"
-        )
-
-
-KEYED_UPDATE = CreditHandler("keyed.update", "keyed", "update", keyed=True, exactly_once=False)
-KEYED_UPDATE_CONDITIONAL = CreditHandler(
-    "keyed.updateConditional", "keyed", "updateConditional", keyed=True, exactly_once=True
-)
-IDEMPOTENCY_UPDATE = CreditHandler(
-    "idempotency.update", "idempotency", "update", keyed=False, exactly_once=True
-)
-TWO_PHASE_COMMIT_UPDATE = CreditHandler(
-    "twoPhaseCommit.update", "twoPhaseCommit", "update", keyed=False, exactly_once=True
-)
-# The example service's handlers, one per library pattern.
-INVOICES_PAY = CreditHandler(
-    "invoices.pay", "invoices", "pay", False, True, INVOICES, ("invoiceId", "amount")
-)
-INVOICES_PAY_TWO_PHASE = CreditHandler(
-    "invoices.payTwoPhase",
-    "invoices",
-    "payTwoPhase",
-    False,
-    True,
-    INVOICES,
-    ("invoiceId", "amount"),
-)
-INVOICE_PAY = CreditHandler("invoice.pay", "invoice", "pay", True, True, INVOICES)
-EXAMPLE_HANDLERS = [INVOICES_PAY, INVOICES_PAY_TWO_PHASE, INVOICE_PAY]
-#: The lab handler built on the same library pattern as each example handler: the same fault
-#: points, the same expectation at each.
-SAME_PATTERN_AS = {
-    INVOICES_PAY.name: IDEMPOTENCY_UPDATE,
-    INVOICES_PAY_TWO_PHASE.name: TWO_PHASE_COMMIT_UPDATE,
-    INVOICE_PAY.name: KEYED_UPDATE_CONDITIONAL,
-}
-
-# The shapes example's handlers: the library used as users' handlers use it.
-_DEPOSIT = ("accountId", "amount")
-
-
-def _shape(name: str, applications: int = 1, exactly_once: bool = True) -> CreditHandler:
-    service, handler = name.split(".")
-    keyed = service == "shapesAccount"
-    return CreditHandler(
-        name, service, handler, keyed, exactly_once, SHAPES, _DEPOSIT, applications
-    )
-
-
-DEPOSIT_TWICE = _shape("shapes.depositTwice", 2)
-DEPOSIT_TOGETHER = _shape("shapes.depositTogether", 2)
-DEPOSIT_NOTHING = _shape("shapes.depositNothing")
-DEPOSIT_SERIALIZABLE = _shape("shapes.depositSerializable")
-PREPARE_TWICE = _shape("shapes.prepareTwice", 2)
-PREPARE_TOGETHER = _shape("shapes.prepareTogether", 2)
-PREPARE_MAYBE = _shape("shapes.prepareMaybe")
-BRIEF_DEPOSIT = _shape("shapesBrief.deposit")
-ACCOUNT_DEPOSIT = _shape("shapesAccount.deposit")
-#: The negative control: a versioned write that forgets its version condition.
-ACCOUNT_DEPOSIT_UNCHECKED = _shape("shapesAccount.depositUnchecked", exactly_once=False)
-SHAPE_HANDLERS = [
-    DEPOSIT_TWICE,
-    DEPOSIT_TOGETHER,
-    DEPOSIT_NOTHING,
-    DEPOSIT_SERIALIZABLE,
-    PREPARE_TWICE,
-    PREPARE_TOGETHER,
-    PREPARE_MAYBE,
-    ACCOUNT_DEPOSIT,
-]
-SAME_PATTERN_AS.update(
-    {h.name: IDEMPOTENCY_UPDATE for h in (*SHAPE_HANDLERS[:4], BRIEF_DEPOSIT)}
-    | {h.name: TWO_PHASE_COMMIT_UPDATE for h in SHAPE_HANDLERS[4:7]}
-    | {h.name: KEYED_UPDATE_CONDITIONAL for h in (ACCOUNT_DEPOSIT, ACCOUNT_DEPOSIT_UNCHECKED)}
-)
-
-CREDIT_HANDLERS = [
-    KEYED_UPDATE,
-    KEYED_UPDATE_CONDITIONAL,
-    IDEMPOTENCY_UPDATE,
-    TWO_PHASE_COMMIT_UPDATE,
-]
-EXACTLY_ONCE_HANDLERS = [h for h in CREDIT_HANDLERS if h.exactly_once]
 
 
 class Outcome(enum.StrEnum):
@@ -243,7 +83,7 @@ class User:
     initial_credits: int
     initial_version: int = 0
     operations: list[Operation] = field(default_factory=list)
-    ledger: Ledger = USERS
+    ledger: LedgerTable = USERS
 
     def operation(self, handler: CreditHandler) -> Operation:
         """A new operation on this user through ``handler``, adding the next power of 4."""
@@ -263,7 +103,7 @@ class User:
 
 
 def create_users(
-    database_url: str, count: int, *, initial_credits: int = 1000, ledger: Ledger = USERS
+    database_url: str, count: int, *, initial_credits: int = 1000, ledger: LedgerTable = USERS
 ) -> list[User]:
     """Fresh rows of their own for one scenario (users, or invoices), inserted directly."""
     prefix = "chaos" if ledger is USERS else "chaos-inv"
@@ -280,7 +120,7 @@ def create_users(
 PACED_IN_FLIGHT = 256
 
 
-class Workload:
+class Resolver:
     """Sends operations through the ingress and resolves each one to a definite outcome."""
 
     #: Called after each operation resolves, with how many have resolved in this batch.
@@ -304,7 +144,7 @@ class Workload:
         self._local = threading.local()
         self._clients: list[Ingress] = []
         self._clients_lock = threading.Lock()
-        self.progress: Workload.Progress | None = None
+        self.progress: Resolver.Progress | None = None
         self._resolved = 0
 
     def close(self) -> None:
@@ -404,10 +244,10 @@ class Workload:
 class Running:
     """Operations in flight in a background thread."""
 
-    def __init__(self, workload: Workload, ops: list[Operation], rate: float | None = None) -> None:
+    def __init__(self, resolver: Resolver, ops: list[Operation], rate: float | None = None) -> None:
         self.ops = ops
         self._thread = threading.Thread(
-            target=workload.run_all, args=(ops, rate), name="chaos-workload", daemon=True
+            target=resolver.run_all, args=(ops, rate), name="chaos-workload", daemon=True
         )
         self._thread.start()
 

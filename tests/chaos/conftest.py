@@ -15,7 +15,7 @@ import pytest
 
 from chaos.scenarios import CellRunner, ZombieCut
 from chaos.supervisor import SOAK_TOKEN_TTL, ChaosStack
-from chaos.workload import Workload
+from chaos.workload import Resolver
 
 
 @pytest.fixture(scope="session")
@@ -34,11 +34,11 @@ def runner(chaos_stack: ChaosStack) -> Iterator[CellRunner]:
     the same as when Restate gives up by its own timeouts, about 8 s later, which the committed
     runs (``./lab chaos``) wait out for every cell and these tests for the cells marked
     ``restate_timeout`` (``faithful_cut``)."""
-    workload = Workload(chaos_stack.ingress_urls)
+    resolver = Resolver(chaos_stack.ingress_urls)
     try:
-        yield CellRunner(chaos_stack, workload, seed=20261123, zombie_cut=ZombieCut.AT_ONCE)
+        yield CellRunner(chaos_stack, resolver, seed=20261123, zombie_cut=ZombieCut.AT_ONCE)
     finally:
-        workload.close()
+        resolver.close()
 
 
 @pytest.fixture
@@ -58,9 +58,9 @@ def cluster_runner() -> Iterator[CellRunner]:
     node-fault cells; the workload goes through every node's ingress."""
     stack = ChaosStack.create(SOAK_TOKEN_TTL, nodes=3)  # calls outlive a failover
     stack.start()
-    workload = Workload(stack.ingress_urls)
+    resolver = Resolver(stack.ingress_urls)
     try:
-        yield CellRunner(stack, workload, seed=20261204)
+        yield CellRunner(stack, resolver, seed=20261204)
     finally:
-        workload.close()
+        resolver.close()
         stack.stop()

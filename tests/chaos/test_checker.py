@@ -16,15 +16,8 @@ from chaos.checker import (
     judge_ledger,
     late_writes,
 )
-from chaos.workload import (
-    IDEMPOTENCY_UPDATE,
-    INVOICES,
-    INVOICES_PAY,
-    KEYED_UPDATE_CONDITIONAL,
-    MAX_OPS_PER_USER,
-    Outcome,
-    User,
-)
+from chaos.handlers import IDEMPOTENCY_UPDATE, INVOICES, INVOICES_PAY, KEYED_UPDATE_CONDITIONAL
+from chaos.workload import MAX_OPS_PER_USER, Outcome, User
 
 INITIAL = 1000
 

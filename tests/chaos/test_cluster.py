@@ -10,13 +10,13 @@ from __future__ import annotations
 import pytest
 
 from chaos.cells import Cell, Fault, cluster_cells
-from chaos.scenarios import CellRunner
-from chaos.workload import (
+from chaos.handlers import (
     IDEMPOTENCY_UPDATE,
     INVOICES_PAY,
     KEYED_UPDATE_CONDITIONAL,
     TWO_PHASE_COMMIT_UPDATE,
 )
+from chaos.scenarios import CellRunner
 from tests.chaos import expect
 
 #: A few minutes of CI: every pattern across the leader's death, one across a pause and one

@@ -19,14 +19,14 @@ from chaos.cells import (
     stranger_commit_cell,
     zombie_between_prepare_and_commit_cell,
 )
-from chaos.scenarios import CellRunner
-from chaos.verdict import CellResult
-from chaos.workload import (
+from chaos.handlers import (
     IDEMPOTENCY_UPDATE,
     KEYED_UPDATE_CONDITIONAL,
     TWO_PHASE_COMMIT_UPDATE,
     CreditHandler,
 )
+from chaos.scenarios import CellRunner
+from chaos.verdict import CellResult
 from tests.chaos import expect
 
 

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 import pytest
 
 from chaos.cells import LOAD_AFTER_S, LOAD_BEFORE_S
+from chaos.handlers import IDEMPOTENCY_UPDATE
 from chaos.network import LoopbackNetwork, owner_of, socket_inode
 from chaos.node_faults import recovery
 from chaos.verdict import Trial
-from chaos.workload import IDEMPOTENCY_UPDATE, Operation, Outcome
+from chaos.workload import Operation, Outcome
 from dbpatterns.stack import free_port
 
 ME = "me"

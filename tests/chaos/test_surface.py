@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from chaos.cells import Cell, Fault
+from chaos.handlers import ACCOUNT_DEPOSIT, PREPARE_MAYBE
 from chaos.scenarios import CellRunner
 from chaos.surface import (
     control_cells,
@@ -18,7 +19,6 @@ from chaos.surface import (
     storm_cell,
 )
 from chaos.verdict import FENCE_SQLSTATE
-from chaos.workload import ACCOUNT_DEPOSIT, PREPARE_MAYBE
 from tests.chaos import expect
 from tests.chaos.test_exactly_once import zombie_reached_the_database
 
