@@ -16,21 +16,20 @@ wrapper scripts in between), so it can be stopped, killed or paused as a whole:
 Every failure a user can act on (a missing binary, a busy port, a part that does not come up)
 is a ``LabError`` carrying what went wrong and what to do.
 
-One module per part: ``processes`` (child processes and the checks around them),
-``postgres``, ``restate``, ``cluster``, ``service``, and ``lab`` (the parts together). This package
-re-exports what the rest of the lab uses.
+One module per part: ``processes`` (child processes and the checks around them, on ``procfs``,
+the one reader of ``/proc``), ``postgres``, ``restate``, the cluster (``cluster_nodes``: each
+node; ``partitions``: who leads; ``cluster``: the nodes together), ``service``, and ``lab`` (the
+parts together, as ``Stack``). This package re-exports what the rest of the lab uses.
 """
 
 from __future__ import annotations
 
 from dbpatterns.stack.cluster import (
-    ClusterNode,
     ClusterStatus,
     NodeEvent,
-    Partition,
     RestateCluster,
-    free_port_base,
 )
+from dbpatterns.stack.cluster_nodes import ClusterNode, free_port_base
 from dbpatterns.stack.lab import (
     STATE_FILE_NAME,
     Stack,
@@ -43,6 +42,7 @@ from dbpatterns.stack.lab import (
     shaped_like_running_lab,
     take_node_start_requests,
 )
+from dbpatterns.stack.partitions import Partition
 from dbpatterns.stack.postgres import (
     PG_CONF,
     PG_INCLUDE_NAME,

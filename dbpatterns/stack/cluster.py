@@ -19,14 +19,14 @@ node id is forced: n<i> is N<i>).
 Which node leads which partition is told by ``restatectl`` (pinned in package.json) from the
 cluster's partition table; restate-server 1.7.12's admin API, its SQL (``sys_*`` tables) and the
 ``restate`` CLI do not say.
+
+One module per concern: ``cluster_nodes`` (each node's address, config and process),
+``partitions`` (who leads which partition, who is a metadata member: restatectl and the admin
+API), and this one, the cluster as one: started, stopped, faulted and asked for its status.
 """
 
 from __future__ import annotations
 
-import json
-import random
-import signal
-import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,69 +34,38 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
-
-from dbpatterns.config import RestatePorts, Settings
+from dbpatterns.config import Settings
 from dbpatterns.service import identity
+from dbpatterns.stack.cluster_nodes import (
+    CLUSTER_NAME,
+    REPLICATION,
+    ClusterNode,
+    node_addresses,
+)
+from dbpatterns.stack.partitions import Partition, metadata_members, read_partitions
 from dbpatterns.stack.processes import (
     ChildProcess,
     LabError,
     pid_alive,
     pid_stopped,
-    port_is_free,
-    spawn,
     tail,
     wait_until,
 )
-from dbpatterns.stack.restate import (
-    answers_health_checks,
-    find_restate_binary,
-    server_env,
-    tuning_toml,
-)
+from dbpatterns.stack.restate import find_restate_binary
 
-CLUSTER_NAME = "lab"
-#: Copies of each log record and of each partition's processor: one node may fail.
-REPLICATION = 2
-#: Restate's default is 24; 6 give each node about two to lead and keep ``status`` readable.
-PARTITIONS = 6
-ROLES = ("admin", "worker", "log-server", "metadata-server", "http-ingress")
+#: ``node_addresses`` and ``Partition`` live in ``cluster_nodes`` and ``partitions``; they are
+#: named here too because the chaos harness imports them from this module.
+__all__ = [
+    "ClusterStatus",
+    "NodeAction",
+    "NodeEvent",
+    "NodeStatus",
+    "Partition",
+    "RestateCluster",
+    "node_addresses",
+]
 
 NodeAction = Literal["kill", "pause", "resume", "restart"]
-
-
-@dataclass(frozen=True)
-class NodeAddress:
-    """Where one node listens. ``index`` (1-based) is also its forced node id: n2 is N2."""
-
-    index: int
-    host: str
-    ports: RestatePorts
-
-    @property
-    def name(self) -> str:
-        return f"n{self.index}"
-
-    @property
-    def node_url(self) -> str:
-        """Node-to-node traffic, the metadata store and restatectl."""
-        return f"http://{self.host}:{self.ports.node}"
-
-    @property
-    def admin_url(self) -> str:
-        return f"http://{self.host}:{self.ports.admin}"
-
-    @property
-    def ingress_url(self) -> str:
-        return f"http://{self.host}:{self.ports.ingress}"
-
-
-def node_addresses(settings: Settings) -> list[NodeAddress]:
-    """Every node of the cluster the settings describe, n1 first."""
-    return [
-        NodeAddress(i, settings.bind_host, settings.restate_ports(i))
-        for i in range(1, settings.restate_nodes + 1)
-    ]
 
 
 @dataclass(frozen=True)
@@ -132,101 +101,6 @@ class ClusterStatus:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class ClusterNode:
-    """One restate-server of the cluster: a config file, data dir and log of its own."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        address: NodeAddress,
-        peers: Sequence[NodeAddress],
-        advertised: Mapping[str, str] | None = None,
-    ) -> None:
-        """``advertised``: node name -> the URL its peers dial, where that is not the node's
-        own port (the chaos harness routes node-to-node traffic through its network)."""
-        self.address = address
-        self.peers = list(peers)  # every node, itself included: the metadata store's members
-        self.advertised = {p.name: p.node_url for p in self.peers} | dict(advertised or {})
-        self.root = settings.home / "cluster" / address.name
-        self.config_path = self.root / "restate.toml"
-        self.log_path = settings.home / "logs" / f"restate-{address.name}.log"
-        self.process: ChildProcess | None = None
-
-    @property
-    def name(self) -> str:
-        return self.address.name
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None and self.alive() else None
-
-    @property
-    def role(self) -> str:
-        return "provisions the cluster" if self.address.index == 1 else "joins n1's cluster"
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.alive()
-
-    def answers(self) -> bool:
-        """Do its admin API and ingress answer their health checks?"""
-        return answers_health_checks(self.address.admin_url, self.address.ingress_url)
-
-    def config_toml(self, identity_key_file: Path | None) -> str:
-        """Its config: the cluster's keys (each checked against ``restate-server
-        --dump-config``, which ignores an unknown key silently), then the lab's tuning."""
-        a = self.address
-        cluster = [
-            "# Written by dbpatterns on every start; edit dbpatterns/stack/cluster.py instead.",
-            f'cluster-name = "{CLUSTER_NAME}"',
-            f'node-name = "{a.name}"',
-            f"force-node-id = {a.index}",
-            f"auto-provision = {'true' if a.index == 1 else 'false'}",
-            f"roles = {json.dumps(list(ROLES))}",
-            f"default-replication = {REPLICATION}",
-            f"default-num-partitions = {PARTITIONS}",
-            f'base-dir = "{self.root / "data"}"',
-            f'bind-address = "{a.host}:{a.ports.node}"',
-            f'advertised-address = "{self.advertised[a.name]}/"',
-            "disable-telemetry = true",
-            "log-disable-ansi-codes = true",
-            "",
-            "[metadata-client]",
-            f"addresses = {json.dumps([f'{self.advertised[p.name]}/' for p in self.peers])}",
-            "",
-            "[bifrost]",
-            'default-provider = "replicated"',
-        ]
-        listeners = [
-            "[ingress]",
-            f'bind-address = "{a.host}:{a.ports.ingress}"',
-            "",
-            "[admin]",
-            f'bind-address = "{a.host}:{a.ports.admin}"',
-        ]
-        return "\n".join([*cluster, "", tuning_toml(identity_key_file), *listeners, ""])
-
-    def spawn(
-        self, binary: Path, identity_key_file: Path | None, env: Mapping[str, str] | None = None
-    ) -> ChildProcess:
-        """Write the config and start the process (not waiting for it); ``env``: ``RESTATE_*``
-        overrides of the config. The data dir stays across starts, so a node started again
-        rejoins with what it had."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(self.config_toml(identity_key_file))
-        self.process = spawn(
-            f"restate-{self.name}",
-            [str(binary), "--config-file", str(self.config_path)],
-            self.log_path,
-            env=server_env(env),
-            cwd=self.root,
-        )
-        return self.process
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop(signal.SIGTERM, timeout=20)
 
 
 class RestateCluster:
@@ -444,81 +318,3 @@ class RestateCluster:
         partitions, _ = read_partitions([n.address for n in self.nodes if n.answers()])
         held = [p for p in partitions or [] if p.holds(partition_key)]
         return held[0].leader if held else None
-
-
-def free_port_base(settings: Settings, tries: int = 20) -> int:
-    """A ``restate_cluster_port_base`` under which every node's ports are free now, for a
-    cluster of its own next to others (the tests, the chaos harness). The lab's default ports
-    are 21xxx-23xxx, and Linux hands out ephemeral ports (``free_port()``, outgoing
-    connections) from 32768 up: the base is drawn in between."""
-    top = 32768 - 1000 * settings.restate_nodes - 200
-    for base in random.sample(range(24000, top, 100), tries):
-        candidate = settings.model_copy(update={"restate_cluster_port_base": base})
-        ports = [p for a in node_addresses(candidate) for p in a.ports]
-        if all(port_is_free(settings.bind_host, p) for p in ports):
-            return base
-    raise LabError("no free range of ports for a Restate cluster", "stop what holds them")
-
-
-def metadata_members(node: NodeAddress) -> set[str] | None:
-    """The nodes in the replicated metadata store, as ``node``'s admin API tells (its
-    ``/cluster-health``, deprecated in 1.7 but answered); None if it does not answer."""
-    try:
-        response = httpx.get(f"{node.admin_url}/cluster-health", timeout=2.0)
-        response.raise_for_status()
-        ids = response.json()["metadata_cluster_health"]["members"]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
-        return None
-    return {f"n{i}" for i in ids}  # node id i is node n<i> (force-node-id)
-
-
-@dataclass(frozen=True)
-class Partition:
-    """One partition: the range of partition keys it holds, and the node leading it."""
-
-    id: int
-    start_key: int
-    end_key: int  # inclusive
-    leader: str | None  # None: no leader now
-
-    def holds(self, partition_key: int) -> bool:
-        return self.start_key <= partition_key <= self.end_key
-
-
-PARTITIONS_QUERY = (
-    "SELECT p.partition_id, p.start_key, p.end_key, n.name AS leader FROM partitions p"
-    " LEFT JOIN nodes n ON p.leader_plain_node_id = n.plain_node_id ORDER BY p.partition_id"
-)
-
-
-def read_partitions(
-    answering: Sequence[NodeAddress], timeout: float = 10.0
-) -> tuple[list[Partition] | None, str]:
-    """The partition table (the cluster controller's view: a node killed a moment ago leads
-    until its partitions fail over), as restatectl reads it through the answering nodes only,
-    so a paused node cannot stall the question; and where it came from, or why it is unknown.
-    (``restatectl -S`` would name one node, but its ``sql`` ignores it in 1.7.12 and asks
-    localhost:5122.)"""
-    if not answering:
-        return None, "unknown: no node answers"
-    try:
-        ctl = find_restate_binary("restatectl", "restatectl")
-    except LabError as exc:
-        return None, f"unknown: {exc.problem}"
-    addresses = ",".join(node.node_url for node in answering)
-    argv = [str(ctl), "sql", "--address", addresses, "--jsonl", PARTITIONS_QUERY]
-    argv += ["--connect-timeout", "1000", "--request-timeout", "5000"]
-    try:
-        out = subprocess.run(
-            argv, capture_output=True, text=True, timeout=timeout, env=server_env({"NO_COLOR": "1"})
-        )
-    except (subprocess.SubprocessError, OSError) as exc:
-        return None, f"unknown: restatectl failed ({exc})"
-    if out.returncode != 0:
-        return None, f"unknown: restatectl failed ({' '.join(out.stderr.split())[:300]})"
-    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    partitions = [
-        Partition(int(r["partition_id"]), int(r["start_key"]), int(r["end_key"]), r.get("leader"))
-        for r in rows
-    ]
-    return partitions, f"restatectl, partitions table, asked through {answering[0].name}"

@@ -1,6 +1,6 @@
 """docker-compose.yml cannot run here (no Docker engine); these checks keep it in step with
 the code: the same ports, Restate tuning, Postgres settings, service command and image tags, and
-for the ``cluster`` profile the settings ``dbpatterns/stack/cluster.py`` gives each node."""
+for the ``cluster`` profile the settings ``dbpatterns/stack/cluster_nodes.py`` gives each node."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from sqlalchemy.engine import make_url
 from dbpatterns.config import PROJECT_ROOT, RestateTuning, Settings
 from dbpatterns.service import identity
 from dbpatterns.stack import ServiceProcess
-from dbpatterns.stack.cluster import REPLICATION, ClusterNode, NodeAddress, node_addresses
+from dbpatterns.stack.cluster_nodes import REPLICATION, ClusterNode, NodeAddress, node_addresses
 
 #: The services `docker compose up` starts; every other one is the cluster profile's.
 SINGLE_NODE = {"postgres", "keygen", "restate", "migrate", "service", "register"}
 #: The cluster of `./lab up --nodes 3`.
 NODES = 3
-#: Where a node is, rather than how it runs: compose gives these for containers, cluster.py for
-#: processes on one host; checked apart.
+#: Where a node is, rather than how it runs: compose gives these for containers, cluster_nodes.py
+#: for processes on one host; checked apart.
 LOCATION_KEYS = {
     "base-dir",
     "bind-address",
@@ -48,7 +48,8 @@ def defaults() -> Settings:
 
 @pytest.fixture(scope="module")
 def cluster_nodes(compose: dict[str, Any]) -> list[tuple[NodeAddress, dict[str, Any]]]:
-    """Each node of ``./lab up --nodes 3`` (as cluster.py places it) with its compose service."""
+    """Each node of ``./lab up --nodes 3`` (as cluster_nodes.py places it) with its compose
+    service."""
     addresses = node_addresses(Settings.model_construct(restate_nodes=NODES))
     return [(a, compose["services"][f"restate-{a.index}"]) for a in addresses]
 
@@ -241,12 +242,12 @@ def test_cluster_is_as_many_nodes_as_survive_one_failure() -> None:
     assert NODES == 3
 
 
-def test_each_node_runs_with_the_settings_cluster_py_writes(
+def test_each_node_runs_with_the_settings_cluster_nodes_py_writes(
     cluster_nodes: list[tuple[NodeAddress, dict[str, Any]]],
 ) -> None:
     """Cluster name, node name, forced node id, auto-provision (n1 only), roles, replication,
     partitions, bifrost provider, telemetry, the lab's tuning and the identity key: every key
-    cluster.py writes, bar where the node listens, with the same value."""
+    cluster_nodes.py writes, bar where the node listens, with the same value."""
     peers = [address for address, _ in cluster_nodes]
     for address, service in cluster_nodes:
         env = service["environment"]
