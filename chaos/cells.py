@@ -49,6 +49,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from chaos.faults import FaultCounts
 from chaos.handlers import (
     CREDIT_HANDLERS,
     EXACTLY_ONCE_HANDLERS,
@@ -62,7 +63,6 @@ from chaos.handlers import (
     TWO_PHASE_COMMIT_UPDATE,
     CreditHandler,
 )
-from chaos.supervisor import FaultCounts
 from dbpatterns.service import failpoints
 
 

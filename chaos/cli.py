@@ -28,7 +28,7 @@ from pathlib import Path
 from chaos import report
 from chaos.cells import Cell, cluster_cells, cluster_load_cells, mixed_storm_cell
 from chaos.scenarios import CellRunner, ZombieCut
-from chaos.supervisor import (
+from chaos.stack import (
     CHAOS_CLUSTER_RESTATE_ENV,
     CHAOS_RESTATE_ENV,
     CHAOS_TOKEN_TTL,

@@ -55,7 +55,7 @@ def _endings_logged(runner: CellRunner, marks: dict[str, int], invocations: set[
     """Clean-up lines (``log_ending``) since ``marks`` for calls of ``invocations`` that ended
     with a cancellation."""
     found = 0
-    for slot in runner.stack.slots:
+    for slot in runner.stack.services.slots:
         for line in log_since(slot.service.log_path, marks.get(slot.name, 0)):
             if "ended with 'cancelled'" in line and any(f"call {i}:" in line for i in invocations):
                 found += 1
@@ -63,7 +63,7 @@ def _endings_logged(runner: CellRunner, marks: dict[str, int], invocations: set[
 
 
 def _log_marks(runner: CellRunner) -> dict[str, int]:
-    return {slot.name: log_size(slot.service.log_path) for slot in runner.stack.slots}
+    return {slot.name: log_size(slot.service.log_path) for slot in runner.stack.services.slots}
 
 
 def _answers(trial: Trial, users: list[User]) -> None:
@@ -87,7 +87,7 @@ def cancelled(runner: CellRunner, cell: Cell, trial: Trial) -> list[User]:
     invocations = _in_flight(runner, cell.handler) - earlier
     marks = _log_marks(runner)
     for invocation in invocations:
-        stack.cancel_invocation(invocation)
+        stack.injector.cancel_invocation(invocation)
     running.wait()
     _answers(trial, users)
     _require_the_cancellation_reached(runner, trial, marks, invocations)
@@ -115,11 +115,11 @@ def ended_while_frozen(runner: CellRunner, cell: Cell, trial: Trial) -> list[Use
     stack = runner.stack
     users = runner.users_of(cell)
     earlier = _in_flight(runner, cell.handler)
-    stack.reset_zombie_connections_at_once = False
+    stack.services.reset_zombie_connections_at_once = False
     try:
         running, zombie = runner.start_until_paused(users, {cell.point: "1*pause"}, trial)
     finally:
-        stack.reset_zombie_connections_at_once = True
+        stack.services.reset_zombie_connections_at_once = True
     if zombie is None:
         return users
     invocations = _in_flight(runner, cell.handler) - earlier
@@ -129,11 +129,11 @@ def ended_while_frozen(runner: CellRunner, cell: Cell, trial: Trial) -> list[Use
     cancel = cell.fault == Fault.CANCELLED_WHILE_FROZEN
     for invocation in invocations:
         if cancel:
-            stack.cancel_invocation(invocation)
+            stack.injector.cancel_invocation(invocation)
         else:
-            stack.kill_invocation(invocation)
+            stack.injector.kill_invocation(invocation)
     trial.notes.append(f"{'cancelled' if cancel else 'killed'} while frozen: {sorted(invocations)}")
-    stack.reset_restate_side(zombie)
+    stack.services.reset_restate_side(zombie)
     running.wait()
     _answers(trial, users)
     if cancel:

@@ -15,19 +15,27 @@ zombie these cells catch.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import httpx
 
 from chaos import attempts
 from chaos.cells import LOAD_AFTER_S, LOAD_BEFORE_S, LOAD_RATE, Cell, Fault
-from chaos.supervisor import ChaosStack
+from chaos.stack import ChaosStack
 from chaos.verdict import Trial
 from chaos.workload import Operation, Outcome, Resolver, Running, User, create_users
+from dbpatterns.exactly_once.calls import INVOCATION_ID
 from dbpatterns.measure.stats import percentile
 from dbpatterns.stack import wait_until
+from dbpatterns.stack.client import Admin
 from dbpatterns.stack.cluster import Partition
+
+log = logging.getLogger("chaos")
 
 #: How long the operations of a node-fault cell are held before their commit, and how long a
 #: paused node stays paused: long enough for its peers to notice and move its partitions.
@@ -79,24 +87,24 @@ class NodeFaults:
         trace_mark = self.trace.offset()
         struck = time.time()
         if cell.fault == Fault.LEADER_PAUSED:
-            stack.pause_node(victim)
+            stack.injector.pause_node(victim)
             time.sleep(NODE_PAUSE_S)
-            stack.resume_node(victim)
+            stack.injector.resume_node(victim)
         elif cell.fault == Fault.LEADER_ISOLATED:
             cut = self._partition(victim, trial, struck)
             if not cell.load:
                 self._calls_during_partition(running, trial)
                 self._prove_cut_off_leader_acted(cut, running, trial, trace_mark)
-            stack.heal_node(victim)
+            stack.injector.heal_node(victim)
         else:
-            stack.kill_node(victim)
+            stack.injector.kill_node(victim)
         return struck
 
     def _made_whole(self, cell: Cell, victim: str, trial: Trial) -> None:
         """Start a killed node again; every node must be ready and the leaders settled."""
         stack = self.stack
         if cell.fault in (Fault.LEADER_KILLED, Fault.NODE_KILLED):
-            stack.restart_node(victim)
+            stack.injector.restart_node(victim)
         if not stack.cluster.settled():
             trial.problems.append("the cluster did not settle (ready, leaders unmoved) again")
         trial.counts["nodes_ready_at_the_end"] = sum(n.answers() for n in stack.cluster.nodes)
@@ -151,7 +159,7 @@ class NodeFaults:
         led = [p for p in stack.cluster.partitions() or [] if p.leader == victim]
         others = [n.name for n in stack.cluster.nodes if n.name != victim]
         cut = Cut(victim, others, led, struck, still_led_at=struck)
-        held = stack.isolate_node(victim)
+        held = stack.injector.isolate_node(victim)
         trial.notes.append(f"{victim} cut off; {held} of its connections went silent")
 
         def moved() -> bool:
@@ -186,9 +194,7 @@ class NodeFaults:
         zombie the cell is about."""
         cut_off = set()
         for op in running.ops:
-            key = (
-                self.stack.partition_key(op.invocation_id, cut.others) if op.invocation_id else None
-            )
+            key = self._partition_key(op.invocation_id, cut.others) if op.invocation_id else None
             if key is not None and any(p.holds(key) for p in cut.led):
                 cut_off.add(op.invocation_id)
         trial.counts["calls_on_the_cut_off_leader"] = len(cut_off)
@@ -248,12 +254,45 @@ class NodeFaults:
         if cell.fault == Fault.NODE_KILLED:
             return self.random.choice(names)
         held = self._a_running_invocation(cell.handler.service)
-        leader = self.stack.leader_of(held) if held else None
+        leader = self._leader_of(held) if held else None
         if leader is None:
             trial.problems.append("no leader found for a held call: a random node instead")
             return self.random.choice(names)
         trial.notes.append(f"{leader} leads the partition of {held}")
         return leader
+
+    def _leader_of(self, invocation_id: str) -> str | None:
+        """The node leading the partition of ``invocation_id`` (asked through a node that
+        answers), or None."""
+        key = self._partition_key(invocation_id)
+        return None if key is None else self.stack.cluster.leader_of(key)
+
+    def _partition_key(
+        self, invocation_id: str, seen_from: Sequence[str] | None = None
+    ) -> int | None:
+        """The partition key of ``invocation_id`` (which partition holds it), asked of the
+        nodes ``seen_from`` (by default any) until one answers; None if none knows it."""
+        if not INVOCATION_ID.fullmatch(invocation_id):  # Restate's SQL takes no parameters
+            raise ValueError(f"not a Restate invocation id: {invocation_id!r}")
+        for node in self.stack.cluster.nodes:
+            if (seen_from is not None and node.name not in seen_from) or not node.answers():
+                continue
+            admin = Admin(node.address.admin_url, timeout=10)
+            try:
+                rows = admin.query(
+                    "SELECT partition_key FROM sys_invocation_status "  # noqa: S608
+                    f"WHERE id = '{invocation_id}'"
+                )
+            except httpx.HTTPError as exc:
+                log.warning(
+                    "%s could not tell the partition of %s: %s", node.name, invocation_id, exc
+                )
+                continue
+            finally:
+                admin.close()
+            if rows:
+                return int(rows[0]["partition_key"])
+        return None
 
     def _a_running_invocation(self, service: str) -> str | None:
         if not re.fullmatch(r"[A-Za-z]+", service):  # Restate's SQL takes no parameters

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos import matrix
-from chaos.supervisor import FaultCounts
+from chaos.faults import FaultCounts
 from chaos.verdict import CellResult
 from dbpatterns.measure import tables
 from dbpatterns.service import failpoints

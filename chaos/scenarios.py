@@ -42,10 +42,12 @@ from chaos.checker import (
     invocations_not_completed,
     late_writes,
 )
+from chaos.faults import FaultCounts
 from chaos.handlers import BRIEF_DEPOSIT, IDEMPOTENCY_UPDATE, CreditHandler
 from chaos.logs import log_since, log_size
 from chaos.node_faults import NodeFaults
-from chaos.supervisor import CHAOS_IDLE_IN_TRANSACTION_MS, ChaosStack, FaultCounts, Zombie
+from chaos.service_pair import Zombie
+from chaos.stack import CHAOS_IDLE_IN_TRANSACTION_MS, ChaosStack
 from chaos.verdict import CellResult, Trial, judge
 from chaos.workload import Operation, Outcome, Resolver, Running, User, create_users
 from dbpatterns.exactly_once.gids import GID_PREFIX
@@ -99,9 +101,9 @@ class CellRunner(NodeFaults):
     def run(self, cell: Cell) -> CellResult:
         stack = self.stack
         stack.failpoints.clear()
-        stack.wait_ready()
+        stack.services.wait_ready()
         before = stack.faults.minus(FaultCounts())
-        resumed_before = len(stack.resumed)
+        resumed_before = len(stack.services.resumed)
         trace_mark = self.trace.offset()
         earlier = baseline(stack.database_url, stack.admin)
         started = time.monotonic()
@@ -125,7 +127,7 @@ class CellRunner(NodeFaults):
             finally:
                 stack.failpoints.clear()
         try:
-            stack.quiesce()
+            stack.services.quiesce()
         except LabError as exc:
             trial.problems.append(str(exc))
         ledger = check_ledger(stack.database_url, users)
@@ -147,7 +149,7 @@ class CellRunner(NodeFaults):
                 i: n for i, n in attempts.reaching(grouped).items() if i in cell_invocations
             },
         )
-        zombies = stack.resumed[resumed_before:]
+        zombies = stack.services.resumed[resumed_before:]
         if cell.fault.is_zombie or zombies:
             result.zombie_sql = attempts.zombie_sql(
                 lines, [(z.pid, z.resumed_at) for z in zombies if z.resumed_at is not None]
@@ -250,11 +252,11 @@ class CellRunner(NodeFaults):
             or cell.races_a_lock
             or cell.fault == Fault.ZOMBIE_AFTER_TOKEN_EXPIRY
         )
-        stack.reset_zombie_connections_at_once = at_once
+        stack.services.reset_zombie_connections_at_once = at_once
         try:
             running, zombie = self.start_until_paused(users, {cell.point: "1*pause"}, trial)
         finally:
-            stack.reset_zombie_connections_at_once = True
+            stack.services.reset_zombie_connections_at_once = True
         if zombie is None:
             return users
         paused = time.monotonic()
@@ -267,9 +269,9 @@ class CellRunner(NodeFaults):
                     f"Restate gave up on the paused attempt after "
                     f"{time.monotonic() - paused:.1f} s: {failure}"
                 )
-            stack.reset_restate_side(zombie)
+            stack.services.reset_restate_side(zombie)
         if cell.races_a_lock:
-            if wait_until(lambda: stack.sessions_waiting_for_a_lock() > 0, 10, 0.02):
+            if wait_until(lambda: stack.services.sessions_waiting_for_a_lock() > 0, 10, 0.02):
                 trial.counts["retry_waited_for_the_zombies_lock"] = 1
                 trial.notes.append(
                     f"the retry waits for the zombie's lock {time.monotonic() - paused:.1f} s "
@@ -277,7 +279,7 @@ class CellRunner(NodeFaults):
                 )
             else:
                 trial.problems.append("the retry never waited for the zombie's lock")
-            stack.resume_zombie(zombie, linger=2.0)
+            stack.services.resume_zombie(zombie, linger=2.0)
             running.wait()
             return users
         # The retry runs in the standby. A zombie holding a lock the retry needs keeps it
@@ -303,7 +305,7 @@ class CellRunner(NodeFaults):
     def resume_noting(self, zombie: Zombie, trial: Trial, linger: float = 2.0) -> None:
         """Resume the zombie, let it linger, and note the last lines it logged meanwhile."""
         mark = log_size(zombie.slot.service.log_path)
-        self.stack.resume_zombie(zombie, linger=linger)
+        self.stack.services.resume_zombie(zombie, linger=linger)
         woke = [
             line
             for line in log_since(zombie.slot.service.log_path, mark)
@@ -320,7 +322,7 @@ class CellRunner(NodeFaults):
         stack.failpoints.set(actions)
         running = self.resolver.start(_ops(users))
         try:
-            return running, stack.wait_for_zombie(timeout=30)
+            return running, stack.services.wait_for_zombie(timeout=30)
         except TimeoutError:
             paused_at = [p for p, a in actions.items() if a.endswith("pause")]
             trial.problems.append(f"the failpoint {', '.join(paused_at)} never paused the service")
@@ -427,11 +429,11 @@ class CellRunner(NodeFaults):
         stack = self.stack
         users, running, _ = self._hold(cell, trial, HOLD_MS)
         if cell.fault == Fault.RESTATE_RESTART:
-            stack.restart_restate()
+            stack.injector.restart_restate()
         elif cell.fault == Fault.POSTGRES_RESTART:
-            stack.restart_postgres()
+            stack.injector.restart_postgres()
         else:
-            terminated = stack.terminate_service_connections()
+            terminated = stack.injector.terminate_service_connections()
             trial.counts["sessions_terminated"] = terminated
             if terminated == 0:
                 trial.problems.append("no service session to terminate")
@@ -458,9 +460,9 @@ class CellRunner(NodeFaults):
             return users
         killed = sorted(self._invocations_not_completed(target) - earlier)
         children_before = self._scheduled_children(killed)
-        log_marks = {slot.name: log_size(slot.service.log_path) for slot in stack.slots}
+        log_marks = {slot.name: log_size(slot.service.log_path) for slot in stack.services.slots}
         for invocation in killed:
-            stack.kill_invocation(invocation)
+            stack.injector.kill_invocation(invocation)
         running.wait()
         trial.notes += [f"answer: {op.status} {op.answer[:160]}" for op in _ops(users)]
         if cell.handler in (IDEMPOTENCY_UPDATE, BRIEF_DEPOSIT):
@@ -477,7 +479,7 @@ class CellRunner(NodeFaults):
         # Each service process runs the janitor too (every DBPATTERNS_JANITOR_INTERVAL): when
         # its pass lands between the count above and this sweep, the sweep finds nothing to
         # do. Its log line naming the gid is the evidence that a janitor rolled it back.
-        for slot in stack.slots:
+        for slot in stack.services.slots:
             for line in log_since(slot.service.log_path, log_marks[slot.name]):
                 for invocation in set(killed) - rolled_back:
                     if f"janitor: {GID_PREFIX}{invocation}:" in line and "-> rolled back" in line:
@@ -538,7 +540,7 @@ class CellRunner(NodeFaults):
             trial.notes.append("B prepared and journaled it; B is held before COMMIT PREPARED")
         else:
             trial.problems.append("the retry never reached its COMMIT PREPARED")
-        stack.resume_zombie(zombie, linger=1.0)
+        stack.services.resume_zombie(zombie, linger=1.0)
         running.wait()
         trial.notes += [f"answer: {op.status} {op.answer[:160]}" for op in _ops(users)]
         return users
@@ -572,7 +574,7 @@ class CellRunner(NodeFaults):
             trial.problems.append("attempt B was not killed after its commit, or C never came")
         else:
             trial.notes.append("B committed and died; C is held before COMMIT PREPARED")
-        stack.resume_zombie(zombie, linger=HOLD_MS * 2 / 1000)
+        stack.services.resume_zombie(zombie, linger=HOLD_MS * 2 / 1000)
         running.wait()
         trial.notes += [f"answer: {op.status} {op.answer[:160]}" for op in _ops(users)]
         return users
@@ -605,7 +607,7 @@ class CellRunner(NodeFaults):
         if mixed:
             for p in rnd.sample(points, k=max(1, len(points) // 3)):
                 actions[p] = "1%pause"
-            stack.auto_resume_after = 4.0
+            stack.services.auto_resume_after = 4.0
         stack.failpoints.set(actions)
         chaos = _HarnessChaos(stack, rnd) if mixed else None
         try:
@@ -618,7 +620,7 @@ class CellRunner(NodeFaults):
                 trial.notes.append(f"harness faults: {chaos.injected}")
             stack.failpoints.clear()
             if mixed:
-                stack.auto_resume_after = None  # quiesce() wakes any zombie left
+                stack.services.auto_resume_after = None  # quiesce() wakes any zombie left
         trial.notes.append(
             f"{len(users)} users, {len(ops)} ops (up to {STORM_OPS_PER_USER} per user), "
             f"failpoints: {len(points)} at {kill_percent:g}% kill"
@@ -650,8 +652,8 @@ class _HarnessChaos:
 
     def _run(self) -> None:
         actions: dict[str, Callable[[], object]] = {
-            "postgres-restart": self.stack.restart_postgres,
-            "terminate-connections": self.stack.terminate_service_connections,
+            "postgres-restart": self.stack.injector.restart_postgres,
+            "terminate-connections": self.stack.injector.terminate_service_connections,
         }
         if isinstance(self.stack.restate, RestateCluster):
             actions |= {
@@ -660,7 +662,7 @@ class _HarnessChaos:
                 "node-cut-off": self._cut_a_node_off,
             }
         else:
-            actions["restate-restart"] = self.stack.restart_restate
+            actions["restate-restart"] = self.stack.injector.restart_restate
         while not self._stop.wait(self.random.uniform(0.5, 1.5) * self.every):
             name = self.random.choice(sorted(actions))
             actions[name]()
@@ -670,20 +672,20 @@ class _HarnessChaos:
         """One node of the cluster dies and is started again a moment later (one at a time:
         two down would stop the cluster)."""
         name = self.random.choice([n.name for n in self.stack.cluster.nodes])
-        self.stack.kill_node(name)
+        self.stack.injector.kill_node(name)
         time.sleep(self.random.uniform(1.0, 4.0))
-        self.stack.restart_node(name)
+        self.stack.injector.restart_node(name)
 
     def _pause_a_node(self) -> None:
         name = self.random.choice([n.name for n in self.stack.cluster.nodes])
-        self.stack.pause_node(name)
+        self.stack.injector.pause_node(name)
         time.sleep(self.random.uniform(2.0, 8.0))
-        self.stack.resume_node(name)
+        self.stack.injector.resume_node(name)
 
     def _cut_a_node_off(self) -> None:
         """A network partition of one node, from a few seconds (healed before the others
         notice) to longer than a failover takes (measured: 11-34 s)."""
         name = self.random.choice([n.name for n in self.stack.cluster.nodes])
-        self.stack.isolate_node(name)
+        self.stack.injector.isolate_node(name)
         time.sleep(self.random.uniform(3.0, 40.0))
-        self.stack.heal_node(name)
+        self.stack.injector.heal_node(name)

@@ -15,7 +15,7 @@ from typing import Any
 from chaos import attempts
 from chaos.cells import Cell, Expect, Fault
 from chaos.checker import Baseline, Ledger, Leftovers
-from chaos.supervisor import FaultCounts
+from chaos.faults import FaultCounts
 
 
 @dataclass

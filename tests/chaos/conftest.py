@@ -1,5 +1,5 @@
 """The chaos suite's own stack, once per session: Postgres, restate-server with short timeouts,
-two service processes behind a switchable proxy (see ``chaos.supervisor``); and, for the
+two service processes behind a switchable proxy (see ``chaos.stack``); and, for the
 node-fault cells, one with a three-node cluster.
 
 It is separate from ``tests/conftest.py``'s stack: the chaos suite kills, pauses and restarts
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from chaos.scenarios import CellRunner, ZombieCut
-from chaos.supervisor import SOAK_TOKEN_TTL, ChaosStack
+from chaos.stack import SOAK_TOKEN_TTL, ChaosStack
 from chaos.workload import Resolver
 
 
