@@ -8,11 +8,9 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,7 +19,6 @@ from dbpatterns.config import Settings, get_settings
 from dbpatterns.measure import bench_compare
 from dbpatterns.stack import (
     LabError,
-    RestateCluster,
     Stack,
     find_restate_binary,
     lab_running,
@@ -29,7 +26,7 @@ from dbpatterns.stack import (
     read_state,
     request_node_start,
     shaped_like_running_lab,
-    take_node_start_requests,
+    supervise,
 )
 from dbpatterns.stack.processes import pid_alive, wait_until
 
@@ -92,62 +89,13 @@ def with_nodes(settings: Settings, nodes: int | None) -> Settings:
 
 
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
-    settings = with_nodes(settings, args.nodes)
-    stack = Stack(settings)
-    dead_nodes: set[int] = set()
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    stack.start(say=lambda line: print(f"[dbpatterns] {line}", flush=True))
-    try:
-        print(banner(stack), flush=True)
-        while not stop.wait(0.5):
-            service = stack.service.process
-            if service is not None and not service.alive():
-                print(
-                    f"[dbpatterns] service (pid {service.pid}) exited with "
-                    f"{service.popen.returncode}; restarting it",
-                    flush=True,
-                )
-                stack.service.start()
-                stack.write_state()
-            essential = [stack.postgres.process]
-            if isinstance(stack.restate, RestateCluster):
-                report_dead_nodes(stack.restate, dead_nodes)  # the cluster goes on without one
-                start_requested_nodes(stack, stack.restate)
-            else:
-                essential.append(stack.restate.process)
-            for part in essential:
-                if part is not None and not part.alive():
-                    raise LabError(
-                        f"{part.name} (pid {part.pid}) exited with {part.popen.returncode}",
-                        f"see {part.log_path}; `./lab up` starts it again",
-                    )
-    finally:
-        print("[dbpatterns] stopping: service, restate-server, postgres", flush=True)
-        stack.stop()
-        print("[dbpatterns] stopped; data kept in", settings.home, flush=True)
+    stack = Stack(with_nodes(settings, args.nodes))
+    supervise(
+        stack,
+        say=lambda line: print(f"[dbpatterns] {line}", flush=True),
+        on_up=lambda: print(banner(stack), flush=True),
+    )
     return 0
-
-
-def start_requested_nodes(stack: Stack, cluster: RestateCluster) -> None:
-    """Start again the nodes ``./lab node start`` asked for (a running node is left alone)."""
-    for name in take_node_start_requests(stack.settings.home):
-        try:
-            node = cluster.node(name)
-            if node.alive():
-                print(f"[dbpatterns] restate {name} runs already (pid {node.pid})", flush=True)
-                continue
-            print(f"[dbpatterns] restate {name}: starting again on its data", flush=True)
-            cluster.restart(name)
-        except LabError as exc:
-            print(f"[dbpatterns] restate {name}: {exc}", flush=True)
-            continue
-        stack.write_state()
 
 
 def cmd_node(settings: Settings, args: argparse.Namespace) -> int:
@@ -187,22 +135,6 @@ def cmd_node(settings: Settings, args: argparse.Namespace) -> int:
     os.kill(int(pid), sig)
     print(f"restate {args.name} (pid {pid}): {sig.name} sent")
     return 0
-
-
-def report_dead_nodes(cluster: RestateCluster, reported: set[int]) -> None:
-    """Say once that a cluster node died; the lab goes on, as the cluster does (one node may
-    fail), so a node can be killed on purpose to watch the others take over."""
-    for node in cluster.nodes:
-        process = node.process
-        if process is None or process.alive() or process.pid in reported:
-            continue
-        reported.add(process.pid)
-        print(
-            f"[dbpatterns] restate {node.name} (pid {process.pid}) exited with "
-            f"{process.popen.returncode}; the other nodes go on (`./lab status` shows who leads "
-            f"now; see {node.log_path})",
-            flush=True,
-        )
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:

@@ -18,8 +18,9 @@ is a ``LabError`` carrying what went wrong and what to do.
 
 One module per part: ``processes`` (child processes and the checks around them, on ``procfs``,
 the one reader of ``/proc``), ``postgres``, ``restate``, the cluster (``cluster_nodes``: each
-node; ``partitions``: who leads; ``cluster``: the nodes together), ``service``, and ``lab`` (the
-parts together, as ``Stack``). This package re-exports what the rest of the lab uses.
+node; ``partitions``: who leads; ``cluster``: the nodes together), ``service``, ``lab`` (the parts
+together, as ``Stack``) and ``supervise`` (``./lab up``'s watch over a running ``Stack``). This
+package re-exports what the rest of the lab uses.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ from dbpatterns.stack.service import (
     ServiceProcess,
     settings_env,
 )
+from dbpatterns.stack.supervise import supervise
 
 __all__ = [
     "PG_CONF",
@@ -108,6 +110,7 @@ __all__ = [
     "settings_env",
     "shaped_like_running_lab",
     "spawn",
+    "supervise",
     "tail",
     "take_node_start_requests",
     "wait_until",
