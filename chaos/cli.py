@@ -26,7 +26,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chaos import report
-from chaos.cells import Cell, cluster_cells, cluster_load_cells, mixed_storm_cell
+from chaos.cells import Cell
+from chaos.cluster_cells import cluster_cells, cluster_load_cells
+from chaos.lab_cells import mixed_storm_cell
 from chaos.scenarios import CellRunner, ZombieCut
 from chaos.stack import (
     CHAOS_CLUSTER_RESTATE_ENV,

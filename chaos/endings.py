@@ -21,9 +21,10 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from chaos.cells import HOLD_MS, Cell, Fault
+from chaos.cells import Cell, Fault
 from chaos.handlers import SAME_PATTERN_AS, TWO_PHASE_COMMIT_UPDATE, CreditHandler
 from chaos.logs import log_since, log_size
+from chaos.points import HOLD_MS
 from chaos.verdict import Trial
 from chaos.workload import User
 from dbpatterns.examples import shapes

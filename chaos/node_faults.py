@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import httpx
 
 from chaos import attempts
-from chaos.cells import LOAD_AFTER_S, LOAD_BEFORE_S, LOAD_RATE, Cell, Fault
+from chaos.cells import Cell, Fault
+from chaos.cluster_cells import LOAD_AFTER_S, LOAD_BEFORE_S, LOAD_RATE
 from chaos.stack import ChaosStack
 from chaos.verdict import Trial
 from chaos.workload import Operation, Outcome, Resolver, Running, User, create_users

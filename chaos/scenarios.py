@@ -24,17 +24,7 @@ import psycopg
 from psycopg import sql
 
 from chaos import attempts, endings
-from chaos.cells import (
-    HOLD_MS,
-    NONE_DECLARED,
-    TWO_PC_AFTER_COMMIT,
-    TWO_PC_BEFORE_COMMIT,
-    TWO_PC_BEFORE_LEFTOVER_CHECK,
-    Cell,
-    Expect,
-    Fault,
-    points_of,
-)
+from chaos.cells import Cell, Expect, Fault
 from chaos.checker import (
     baseline,
     check_ledger,
@@ -46,6 +36,14 @@ from chaos.faults import FaultCounts
 from chaos.handlers import BRIEF_DEPOSIT, IDEMPOTENCY_UPDATE, CreditHandler
 from chaos.logs import log_since, log_size
 from chaos.node_faults import NodeFaults
+from chaos.points import (
+    HOLD_MS,
+    NONE_DECLARED,
+    TWO_PC_AFTER_COMMIT,
+    TWO_PC_BEFORE_COMMIT,
+    TWO_PC_BEFORE_LEFTOVER_CHECK,
+    points_of,
+)
 from chaos.service_pair import Zombie
 from chaos.stack import CHAOS_IDLE_IN_TRANSACTION_MS, ChaosStack
 from chaos.verdict import CellResult, Trial, judge

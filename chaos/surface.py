@@ -30,7 +30,7 @@ is not there, and the ledger must say so.
 
 from __future__ import annotations
 
-from chaos.cells import Cell, Expect, Fault, expectation
+from chaos.cells import Cell, Expect, Fault
 from chaos.handlers import (
     ACCOUNT_DEPOSIT,
     ACCOUNT_DEPOSIT_UNCHECKED,
@@ -44,6 +44,7 @@ from chaos.handlers import (
     TWO_PHASE_COMMIT_UPDATE,
     CreditHandler,
 )
+from chaos.lab_cells import expectation
 
 #: Where each pattern is killed: where its retry must find what an earlier attempt committed.
 KILL_AT = {

@@ -7,8 +7,8 @@ handlers take, and the end of an invocation while its step is in flight.
 
 from __future__ import annotations
 
-from chaos.cells import (
-    Cell,
+from chaos.cells import Cell
+from chaos.lab_cells import (
     example_cells,
     fault_cells,
     janitor_cell,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.cells import Cell, Fault, cluster_cells
+from chaos.cells import Cell, Fault
+from chaos.cluster_cells import cluster_cells
 from chaos.handlers import (
     IDEMPOTENCY_UPDATE,
     INVOICES_PAY,

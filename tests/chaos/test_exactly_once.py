@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.cells import (
-    Cell,
-    Fault,
-    fault_cells,
-    outside_writer_cell,
-    stranger_commit_cell,
-    zombie_between_prepare_and_commit_cell,
-)
+from chaos.cells import Cell, Fault
 from chaos.handlers import (
     IDEMPOTENCY_UPDATE,
     KEYED_UPDATE_CONDITIONAL,
     TWO_PHASE_COMMIT_UPDATE,
     CreditHandler,
+)
+from chaos.lab_cells import (
+    fault_cells,
+    outside_writer_cell,
+    stranger_commit_cell,
+    zombie_between_prepare_and_commit_cell,
 )
 from chaos.scenarios import CellRunner
 from chaos.verdict import CellResult

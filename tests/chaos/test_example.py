@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.cells import Cell, Fault, example_cells, example_outside_writer_cell
+from chaos.cells import Cell, Fault
+from chaos.lab_cells import example_cells, example_outside_writer_cell
 from chaos.scenarios import CellRunner
 from tests.chaos import expect
 from tests.chaos.test_exactly_once import zombie_reached_the_database

@@ -8,8 +8,9 @@ write under test is ``keyed.update`` (``credits = credits + n`` in a durable ste
 
 from __future__ import annotations
 
-from chaos.cells import Cell, Fault, fault_cells, restart_cells
+from chaos.cells import Cell, Fault
 from chaos.handlers import ACCOUNT_DEPOSIT_UNCHECKED, KEYED_UPDATE
+from chaos.lab_cells import fault_cells, restart_cells
 from chaos.scenarios import CellRunner
 from chaos.surface import control_cells
 from tests.chaos import expect

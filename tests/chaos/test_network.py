@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from chaos.cells import LOAD_AFTER_S, LOAD_BEFORE_S
+from chaos.cluster_cells import LOAD_AFTER_S, LOAD_BEFORE_S
 from chaos.handlers import IDEMPOTENCY_UPDATE
 from chaos.network import LoopbackNetwork, owner_of, socket_inode
 from chaos.node_faults import recovery

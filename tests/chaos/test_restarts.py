@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.cells import Cell, Expect, Fault, restart_cells
+from chaos.cells import Cell, Expect, Fault
+from chaos.lab_cells import restart_cells
 from chaos.scenarios import CellRunner
 from tests.chaos import expect
 

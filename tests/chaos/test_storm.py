@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from chaos.cells import kill_storm_cell
+from chaos.lab_cells import kill_storm_cell
 from chaos.scenarios import CellRunner
 from tests.chaos import expect
 
