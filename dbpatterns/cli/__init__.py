@@ -11,24 +11,25 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from dbpatterns.config import Settings, get_settings
 from dbpatterns.measure import bench_compare
 from dbpatterns.stack import (
+    ClusterStatus,
     LabError,
     Stack,
     find_restate_binary,
     lab_running,
     probe,
-    read_state,
     request_node_start,
     shaped_like_running_lab,
     supervise,
 )
+from dbpatterns.stack.cluster import NodeStatus
 from dbpatterns.stack.processes import pid_alive, wait_until
+from dbpatterns.stack.state import load
 
 LOOK_AT_THE_DATA = "SELECT * FROM users;  SELECT * FROM user_idempotency;"
 
@@ -102,25 +103,26 @@ def cmd_node(settings: Settings, args: argparse.Namespace) -> int:
     """Fail or start one node of the cluster a running ``up --nodes 3`` runs: kill (SIGKILL),
     pause (SIGSTOP), resume (SIGCONT), or start it again (through that ``up``, whose child it
     is)."""
-    state = read_state(settings.home)
-    if state is None or "restate_nodes" not in state or not lab_running(settings.home):
+    state = load(settings.home)
+    if state is None or state.restate_nodes is None or not lab_running(settings.home):
         raise LabError(
             f"no Restate cluster runs in {settings.home}", "start one with `./lab up --nodes 3`"
         )
-    part = state["parts"].get(f"restate-{args.name}")
+    part = state.parts.get(f"restate-{args.name}")
     if part is None:
-        nodes = ", ".join(k.removeprefix("restate-") for k in state["parts"] if "-n" in k)
+        nodes = ", ".join(k.removeprefix("restate-") for k in state.parts if "-n" in k)
         raise LabError(f"no cluster node {args.name!r}", f"the nodes are {nodes}")
-    pid = part.get("pid")
-    running = bool(pid) and pid_alive(int(pid))
+    pid = part.pid
+    running = bool(pid and pid_alive(pid))
     if args.action == "start":
         if running:
             raise LabError(f"restate {args.name} runs already (pid {pid})", "kill it first")
         request_node_start(settings.home, args.name)
 
         def started() -> bool:
-            now = (read_state(settings.home) or {}).get("parts", {}).get(f"restate-{args.name}")
-            return bool(now and now.get("pid") and pid_alive(int(now["pid"])))
+            now = load(settings.home)
+            node = now.parts.get(f"restate-{args.name}") if now else None
+            return bool(node and node.pid and pid_alive(node.pid))
 
         if not wait_until(started, 90, interval=0.5):
             raise LabError(
@@ -129,52 +131,51 @@ def cmd_node(settings: Settings, args: argparse.Namespace) -> int:
             )
         print(f"restate {args.name} started again; `./lab status` shows when it leads again")
         return 0
-    if not running:
+    if pid is None or not running:
         raise LabError(f"restate {args.name} is not running", f"`./lab node start {args.name}`")
     sig = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP, "resume": signal.SIGCONT}[args.action]
-    os.kill(int(pid), sig)
+    os.kill(pid, sig)
     print(f"restate {args.name} (pid {pid}): {sig.name} sent")
     return 0
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    state = probe(settings)
+    status = probe(settings)
     if args.json:
-        print(json.dumps(state, indent=2))
+        print(json.dumps(status.as_dict(), indent=2))
     else:
-        print(f"lab in {state['home']}: {'up' if state['up'] else 'not up'}")
-        for name, part in state["parts"].items():
-            health = "healthy" if part["healthy"] else "down"
-            pid = part["pid"] if part["running"] else "-"
-            print(f"  {name:<15} {health:<8} pid {pid!s:<8} {part['address']}")
-        print(f"  database url    {state['database_url']}")
-        print(f"  ingress url     {state['ingress_url']}")
-        if "cluster" in state:
-            print(cluster_lines(state["cluster"]))
-    return 0 if state["up"] else 1
+        print(f"lab in {status.state.home}: {'up' if status.up else 'not up'}")
+        for name, part in status.parts.items():
+            health = "healthy" if part.healthy else "down"
+            pid = part.part.pid if part.running else "-"
+            print(f"  {name:<15} {health:<8} pid {pid!s:<8} {part.part.address}")
+        print(f"  database url    {status.state.database_url}")
+        print(f"  ingress url     {status.state.ingress_url}")
+        if status.cluster is not None:
+            print(cluster_lines(status.cluster))
+    return 0 if status.up else 1
 
 
-def cluster_lines(cluster: dict[str, Any]) -> str:
-    """Each node of a cluster status (``ClusterStatus.as_dict``) on a line: its role, health,
-    metadata membership and the partitions it leads."""
+def cluster_lines(cluster: ClusterStatus) -> str:
+    """Each node of a cluster status on a line: its role, health, metadata membership and the
+    partitions it leads."""
 
-    def leads(node: dict[str, Any]) -> str:
-        if node["leads"] is None:
+    def leads(node: NodeStatus) -> str:
+        if node.leads is None:
             return "leads ?"
-        return "leads " + (", ".join(map(str, node["leads"])) or "none")
+        return "leads " + (", ".join(map(str, node.leads)) or "none")
 
-    def member(node: dict[str, Any]) -> str:
-        return {True: "metadata member", False: "not a metadata member"}.get(
-            node["metadata_member"], "metadata ?"
-        )
+    def member(node: NodeStatus) -> str:
+        labels: dict[bool | None, str] = {True: "metadata member", False: "not a metadata member"}
+        return labels.get(node.metadata_member, "metadata ?")
 
-    name, source = cluster["cluster_name"], cluster["leaders_source"]
+    name, source = cluster.cluster_name, cluster.leaders_source
     lines = [f"  restate cluster {name!r}: partition leaders from {source}"]
-    for node in cluster["nodes"]:
-        health = "healthy" if node["healthy"] else "down"
+    for node in cluster.nodes:
+        health = "healthy" if node.healthy else "down"
         lines.append(
-            f"    {node['name']:<4} {health:<8} {member(node):<22} {leads(node):<16} "
-            f"ingress {node['ingress_url']}  ({node['role']})"
+            f"    {node.name:<4} {health:<8} {member(node):<22} {leads(node):<16} "
+            f"ingress {node.ingress_url}  ({node.role})"
         )
     return "\n".join(lines)
 
@@ -343,8 +344,8 @@ def side_of(spec: str) -> bench_compare.Side:
 
 def served_by(home: Path) -> str | None:
     """The ASGI server the running lab's service was started with (its state file)."""
-    state = read_state(home)
-    return state["parts"]["service"].get("server") if state else None
+    state = load(home)
+    return state.parts["service"].server if state else None
 
 
 def cmd_compare(settings: Settings, args: argparse.Namespace) -> int:

@@ -19,8 +19,9 @@ is a ``LabError`` carrying what went wrong and what to do.
 One module per part: ``processes`` (child processes and the checks around them, on ``procfs``,
 the one reader of ``/proc``), ``postgres``, ``restate``, the cluster (``cluster_nodes``: each
 node; ``partitions``: who leads; ``cluster``: the nodes together), ``service``, ``lab`` (the parts
-together, as ``Stack``) and ``supervise`` (``./lab up``'s watch over a running ``Stack``). This
-package re-exports what the rest of the lab uses.
+together, as ``Stack``), ``state`` (the state file a running ``up`` writes, ``LabState``) and
+``supervise`` (``./lab up``'s watch over a running ``Stack``). This package re-exports what the
+rest of the lab uses.
 """
 
 from __future__ import annotations
@@ -32,12 +33,10 @@ from dbpatterns.stack.cluster import (
 )
 from dbpatterns.stack.cluster_nodes import ClusterNode, free_port_base
 from dbpatterns.stack.lab import (
-    STATE_FILE_NAME,
     Stack,
     lab_running,
     parts_alive,
     probe,
-    read_state,
     request_node_start,
     running_stack,
     shaped_like_running_lab,
@@ -73,6 +72,14 @@ from dbpatterns.stack.service import (
     ServiceProcess,
     settings_env,
 )
+from dbpatterns.stack.state import (
+    STATE_FILE_NAME,
+    LabState,
+    LabStatus,
+    Part,
+    PartStatus,
+    read_state,
+)
 from dbpatterns.stack.supervise import supervise
 
 __all__ = [
@@ -83,7 +90,11 @@ __all__ = [
     "ClusterNode",
     "ClusterStatus",
     "LabError",
+    "LabState",
+    "LabStatus",
     "NodeEvent",
+    "Part",
+    "PartStatus",
     "Partition",
     "PostgresServer",
     "RestateCluster",

@@ -1,15 +1,14 @@
 """The lab as a whole: Postgres, restate-server (one, or a cluster of ``restate_nodes``) and the
 service of one working folder, started in order and stopped newest first, with a state file that
-``./lab status`` reads."""
+``./lab status`` reads (``dbpatterns.stack.state``). ``./lab up`` watches it running with
+``dbpatterns.stack.supervise``."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from dbpatterns.config import Settings
 from dbpatterns.service import migrate
@@ -33,8 +32,15 @@ from dbpatterns.stack.restate import (
 from dbpatterns.stack.service import (
     ServiceProcess,
 )
+from dbpatterns.stack.state import (
+    STATE_FILE_NAME,
+    LabState,
+    LabStatus,
+    Part,
+    PartStatus,
+    load,
+)
 
-STATE_FILE_NAME = "stack.json"
 #: Requests to a running ``up`` (``./lab node start nN``): one empty file per request.
 CONTROL_DIR_NAME = "control"
 
@@ -150,46 +156,40 @@ class Stack:
         parts = (self.postgres.process, *restate, self.service.process)
         return [p for p in parts if p is not None]
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> LabState:
         s = self.settings
         pids = {c.name: c.pid for c in self.children()}
         restate = (
             {
-                f"restate-{node.name}": {
-                    "address": node.address.admin_url,
-                    "pid": pids.get(f"restate-{node.name}"),
-                }
+                f"restate-{node.name}": Part(
+                    address=node.address.admin_url, pid=pids.get(f"restate-{node.name}")
+                )
                 for node in self.cluster.nodes
             }
             if self.cluster
-            else {"restate-server": {"address": s.admin_url, "pid": pids.get("restate-server")}}
+            else {"restate-server": Part(address=s.admin_url, pid=pids.get("restate-server"))}
         )
-        state: dict[str, Any] = {
-            "home": str(s.home),
-            "database_url": s.libpq_url,
-            "ingress_url": s.ingress_url,
-            "admin_url": s.admin_url,
-            "service_url": s.service_url,
-            "parts": {
-                "postgres": {
-                    "address": f"{s.bind_host}:{self.postgres.port}",
-                    "pid": pids.get("postgres"),
-                },
+        return LabState(
+            home=s.home,
+            database_url=s.libpq_url,
+            ingress_url=s.ingress_url,
+            admin_url=s.admin_url,
+            service_url=s.service_url,
+            parts={
+                "postgres": Part(
+                    address=f"{s.bind_host}:{self.postgres.port}", pid=pids.get("postgres")
+                ),
                 **restate,
-                "service": {
-                    "address": s.service_url,
-                    "pid": pids.get("service"),
-                    "server": s.service_server,
-                },
+                "service": Part(
+                    address=s.service_url, pid=pids.get("service"), server=s.service_server
+                ),
             },
-        }
-        if self.cluster:
-            state["restate_nodes"] = s.restate_nodes
-            state["restate_cluster_port_base"] = s.restate_cluster_port_base
-        return state
+            restate_nodes=s.restate_nodes if self.cluster else None,
+            restate_cluster_port_base=s.restate_cluster_port_base if self.cluster else None,
+        )
 
     def write_state(self) -> None:
-        self.state_file.write_text(json.dumps(self.describe(), indent=2))
+        self.describe().write(self.state_file)
 
 
 def lab_running(home: Path) -> bool:
@@ -199,14 +199,10 @@ def lab_running(home: Path) -> bool:
 
 def parts_alive(home: Path) -> dict[str, int]:
     """The parts an `up` of this working folder started that still run: {name: pid}."""
-    state = read_state(home)
+    state = load(home)
     if state is None:
         return {}
-    return {
-        name: int(part["pid"])
-        for name, part in state["parts"].items()
-        if part.get("pid") and pid_alive(int(part["pid"]))
-    }
+    return {name: pid for name, pid in state.pids().items() if pid_alive(pid)}
 
 
 def request_node_start(home: Path, name: str) -> None:
@@ -231,59 +227,53 @@ def shaped_like_running_lab(settings: Settings, explicit: bool) -> Settings:
     this working folder (its state file), so that ``bench``, ``janitor`` and ``restate`` find
     a cluster that ``up --nodes 3`` started; ``explicit``: the environment set
     ``DBPATTERNS_RESTATE_NODES``, which wins."""
-    state = read_state(settings.home)
-    if explicit or state is None or "restate_nodes" not in state:
+    state = load(settings.home)
+    if explicit or state is None or state.restate_nodes is None:
         return settings
     return with_cluster_of(settings, state)
 
 
-def with_cluster_of(settings: Settings, state: dict[str, Any]) -> Settings:
+def with_cluster_of(settings: Settings, state: LabState) -> Settings:
     """The settings with the cluster a state file describes: its nodes and their ports."""
     return settings.model_copy(
         update={
-            "restate_nodes": state["restate_nodes"],
-            "restate_cluster_port_base": state["restate_cluster_port_base"],
+            "restate_nodes": state.restate_nodes,
+            "restate_cluster_port_base": state.restate_cluster_port_base,
         }
     )
 
 
-def read_state(home: Path) -> dict[str, Any] | None:
-    try:
-        state: dict[str, Any] = json.loads((home / STATE_FILE_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    return state
-
-
-def probe(settings: Settings) -> dict[str, Any]:
+def probe(settings: Settings) -> LabStatus:
     """Is each part up? From the state file of a running ``up`` plus live checks; for a cluster,
-    each node's status and which node leads which partition (``state["cluster"]``)."""
-    state = read_state(settings.home) or Stack(settings).describe()
+    each node's status and which node leads which partition (``LabStatus.cluster``)."""
+    state = load(settings.home) or Stack(settings).describe()
     checks: dict[str, Callable[[], bool]] = {
         "postgres": lambda: pg_up(settings.libpq_url),
         "restate-server": lambda: http_ok(f"{settings.admin_url}/health"),
         "service": lambda: http_ok(f"{settings.service_url}/health"),
     }
     known: dict[str, bool] = {}
-    if "restate_nodes" in state:
-        status = cluster_status(settings, state)
-        state["cluster"] = status.as_dict()
-        known = {f"restate-{node.name}": node.healthy for node in status.nodes}
-    for name, part in state["parts"].items():
-        pid = part.get("pid")
-        part["running"] = bool(pid and pid_alive(pid))
-        part["healthy"] = known[name] if name in known else checks[name]()
-    # Up means: our `up` runs these parts (state file, live PIDs) and each answers its check.
-    state["up"] = all(p["healthy"] and p["running"] for p in state["parts"].values())
-    return state
+    cluster = None
+    if state.restate_nodes is not None:
+        cluster = cluster_status(settings, state)
+        known = {f"restate-{node.name}": node.healthy for node in cluster.nodes}
+    parts = {
+        name: PartStatus(
+            part,
+            running=bool(part.pid and pid_alive(part.pid)),
+            healthy=known[name] if name in known else checks[name](),
+        )
+        for name, part in state.parts.items()
+    }
+    return LabStatus(state, parts, cluster)
 
 
-def cluster_status(settings: Settings, state: dict[str, Any]) -> ClusterStatus:
+def cluster_status(settings: Settings, state: LabState) -> ClusterStatus:
     """The status of the cluster a state file describes, whatever this process's settings say
     about the number of nodes and their ports."""
     cluster = RestateCluster(with_cluster_of(settings, state))
-    parts = state["parts"]
-    return cluster.status({n.name: parts[f"restate-{n.name}"]["pid"] for n in cluster.nodes})
+    parts = state.parts
+    return cluster.status({n.name: parts[f"restate-{n.name}"].pid for n in cluster.nodes})
 
 
 @contextlib.contextmanager
