@@ -30,7 +30,7 @@ from typing import Any, Literal
 import psycopg
 
 from dbpatterns.config import PROJECT_ROOT, Settings
-from dbpatterns.measure import bench_report, wrkload
+from dbpatterns.measure import bench_report, stats, wrkload
 from dbpatterns.measure.bench_counters import (
     CpuMeter,
     StatementCounter,
@@ -40,10 +40,6 @@ from dbpatterns.measure.bench_counters import (
 )
 from dbpatterns.measure.bench_row import BenchRow
 from dbpatterns.measure.loadgen import target
-
-# chaos/node_faults.py still imports the percentile from here: re-exported until it imports
-# dbpatterns.measure.stats, then this line goes.
-from dbpatterns.measure.stats import percentile as percentile
 from dbpatterns.stack import LabError, read_state
 
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
@@ -146,9 +142,9 @@ def python_load(spec: dict[str, Any]) -> LoadOutcome:
         ops=out["ok"],
         errors=out["errors"],
         elapsed=out["elapsed"],
-        p50_ms=percentile(latencies, 50),
-        p95_ms=percentile(latencies, 95),
-        p99_ms=percentile(latencies, 99),
+        p50_ms=stats.percentile(latencies, 50),
+        p95_ms=stats.percentile(latencies, 95),
+        p99_ms=stats.percentile(latencies, 99),
         max_ms=max(latencies, default=0.0),
         acked=out["acked"],
         pending={},  # the Python load waits for every call it started
