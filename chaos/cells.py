@@ -141,7 +141,7 @@ class Cell:
     #: point (``chaos.node_faults``: the node-fault cells under load).
     load: bool = False
     #: A zombie cell whose paused process Restate is cut off from at once, not after its own
-    #: timeouts (``scenarios.ZombieCut``): faster, and the zombie sees the same thing.
+    #: timeouts (``provoke.ZombieCut``): faster, and the zombie sees the same thing.
     cut_at_once: bool = False
 
     @property

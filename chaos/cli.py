@@ -29,7 +29,8 @@ from chaos import report
 from chaos.cells import Cell
 from chaos.cluster_cells import cluster_cells, cluster_load_cells
 from chaos.lab_cells import mixed_storm_cell
-from chaos.scenarios import CellRunner, ZombieCut
+from chaos.provoke import ZombieCut
+from chaos.runner import CellRunner
 from chaos.stack import (
     CHAOS_CLUSTER_RESTATE_ENV,
     CHAOS_RESTATE_ENV,

@@ -19,20 +19,17 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from chaos.cells import Cell, Fault
 from chaos.handlers import SAME_PATTERN_AS, TWO_PHASE_COMMIT_UPDATE, CreditHandler
 from chaos.logs import log_since, log_size
 from chaos.points import HOLD_MS
+from chaos.provoke import Provoker
 from chaos.verdict import Trial
 from chaos.workload import User
 from dbpatterns.examples import shapes
 from dbpatterns.service import janitor
 from dbpatterns.stack import wait_until
-
-if TYPE_CHECKING:
-    from chaos.scenarios import CellRunner
 
 #: The deadline of a past-the-deadline cell's handler: ``shapesBrief``'s token TTL.
 DEADLINE = shapes.BRIEF_TTL
@@ -44,63 +41,63 @@ def _target(row: dict[str, object], handler: CreditHandler) -> bool:
     return target.startswith(handler.service + "/") and target.endswith("/" + handler.handler)
 
 
-def _in_flight(runner: CellRunner, handler: CreditHandler) -> set[str]:
-    rows = runner.stack.admin.query(
+def _in_flight(provoker: Provoker, handler: CreditHandler) -> set[str]:
+    rows = provoker.stack.admin.query(
         "SELECT id, target FROM sys_invocation WHERE status <> 'completed'"
         " AND status <> 'scheduled'"
     )
     return {str(r["id"]) for r in rows if _target(r, handler)}
 
 
-def _endings_logged(runner: CellRunner, marks: dict[str, int], invocations: set[str]) -> int:
+def _endings_logged(provoker: Provoker, marks: dict[str, int], invocations: set[str]) -> int:
     """Clean-up lines (``log_ending``) since ``marks`` for calls of ``invocations`` that ended
     with a cancellation."""
     found = 0
-    for slot in runner.stack.services.slots:
+    for slot in provoker.stack.services.slots:
         for line in log_since(slot.service.log_path, marks.get(slot.name, 0)):
             if "ended with 'cancelled'" in line and any(f"call {i}:" in line for i in invocations):
                 found += 1
     return found
 
 
-def _log_marks(runner: CellRunner) -> dict[str, int]:
-    return {slot.name: log_size(slot.service.log_path) for slot in runner.stack.services.slots}
+def _log_marks(provoker: Provoker) -> dict[str, int]:
+    return {slot.name: log_size(slot.service.log_path) for slot in provoker.stack.services.slots}
 
 
 def _answers(trial: Trial, users: list[User]) -> None:
     trial.notes += [f"answer: {op.status} {op.answer[:160]}" for u in users for op in u.operations]
 
 
-def cancelled(runner: CellRunner, cell: Cell, trial: Trial) -> list[User]:
+def cancelled(provoker: Provoker, cell: Cell, trial: Trial) -> list[User]:
     """Hold the operation at the cell's point in a live attempt; cancel its invocation."""
     assert cell.point is not None
-    point, stack = cell.point, runner.stack
-    users = runner.users_of(cell)
-    earlier = _in_flight(runner, cell.handler)
+    point, stack = cell.point, provoker.stack
+    users = provoker.users_of(cell)
+    earlier = _in_flight(provoker, cell.handler)
     # Held less than the harness's inactivity timeout (2 s): Restate keeps the attempt while
     # its clean-up waits for the held step.
     stack.failpoints.set({point: f"1*sleep({HOLD_MS})"})
-    running = runner.resolver.start([op for u in users for op in u.operations])
+    running = provoker.resolver.start([op for u in users for op in u.operations])
     if not wait_until(lambda: stack.failpoints.remaining(point) == 0, 20, 0.02):
         trial.problems.append(f"the operation did not reach {point}")
         running.wait()
         return users
-    invocations = _in_flight(runner, cell.handler) - earlier
-    marks = _log_marks(runner)
+    invocations = _in_flight(provoker, cell.handler) - earlier
+    marks = _log_marks(provoker)
     for invocation in invocations:
         stack.injector.cancel_invocation(invocation)
     running.wait()
     _answers(trial, users)
-    _require_the_cancellation_reached(runner, trial, marks, invocations)
+    _require_the_cancellation_reached(provoker, trial, marks, invocations)
     return users
 
 
 def _require_the_cancellation_reached(
-    runner: CellRunner, trial: Trial, marks: dict[str, int], invocations: set[str]
+    provoker: Provoker, trial: Trial, marks: dict[str, int], invocations: set[str]
 ) -> None:
     reached = 0
-    if wait_until(lambda: _endings_logged(runner, marks, invocations) > 0, 10, 0.2):
-        reached = _endings_logged(runner, marks, invocations)
+    if wait_until(lambda: _endings_logged(provoker, marks, invocations) > 0, 10, 0.2):
+        reached = _endings_logged(provoker, marks, invocations)
     trial.counts["cancellations_reached_the_handler"] = reached
     if not reached:
         trial.problems.append(
@@ -109,24 +106,24 @@ def _require_the_cancellation_reached(
         )
 
 
-def ended_while_frozen(runner: CellRunner, cell: Cell, trial: Trial) -> list[User]:
+def ended_while_frozen(provoker: Provoker, cell: Cell, trial: Trial) -> list[User]:
     """Pause the attempt at the cell's point; cancel or kill its invocation; let Restate move
     on; resume the paused process once the call has answered."""
     assert cell.point is not None
-    stack = runner.stack
-    users = runner.users_of(cell)
-    earlier = _in_flight(runner, cell.handler)
+    stack = provoker.stack
+    users = provoker.users_of(cell)
+    earlier = _in_flight(provoker, cell.handler)
     stack.services.reset_zombie_connections_at_once = False
     try:
-        running, zombie = runner.start_until_paused(users, {cell.point: "1*pause"}, trial)
+        running, zombie = provoker.start_until_paused(users, {cell.point: "1*pause"}, trial)
     finally:
         stack.services.reset_zombie_connections_at_once = True
     if zombie is None:
         return users
-    invocations = _in_flight(runner, cell.handler) - earlier
+    invocations = _in_flight(provoker, cell.handler) - earlier
     if not invocations:
         trial.problems.append("the paused call's invocation was not found in flight")
-    marks = _log_marks(runner)
+    marks = _log_marks(provoker)
     cancel = cell.fault == Fault.CANCELLED_WHILE_FROZEN
     for invocation in invocations:
         if cancel:
@@ -138,20 +135,20 @@ def ended_while_frozen(runner: CellRunner, cell: Cell, trial: Trial) -> list[Use
     running.wait()
     _answers(trial, users)
     if cancel:
-        _require_the_cancellation_reached(runner, trial, marks, invocations)
+        _require_the_cancellation_reached(provoker, trial, marks, invocations)
     elif SAME_PATTERN_AS.get(cell.handler.name) == TWO_PHASE_COMMIT_UPDATE:
-        _sweep_as_the_janitor(runner, trial, invocations)
+        _sweep_as_the_janitor(provoker, trial, invocations)
     if cell.fault == Fault.KILLED_WHILE_FROZEN_PAST_DEADLINE:
         _wait_past_the_deadline(trial, users)
-    runner.resume_noting(zombie, trial)
+    provoker.resume_noting(zombie, trial)
     return users
 
 
-def _sweep_as_the_janitor(runner: CellRunner, trial: Trial, invocations: set[str]) -> None:
+def _sweep_as_the_janitor(provoker: Provoker, trial: Trial, invocations: set[str]) -> None:
     """Roll back the killed calls' prepared transactions, as the janitor does."""
     verdicts = [
         v
-        for v in janitor.sweep(runner.stack.settings, grace=timedelta(0))
+        for v in janitor.sweep(provoker.stack.settings, grace=timedelta(0))
         if v.invocation in invocations
     ]
     trial.notes += [f"janitor: {v}" for v in verdicts]

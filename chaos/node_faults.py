@@ -19,7 +19,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -71,15 +71,25 @@ class Cut:
 
 
 class NodeFaults:
-    """The node-fault cells of ``CellRunner`` (which provides ``_hold``)."""
+    """The node-fault cells of a runner: held calls, or a steady load, across a node's failure.
 
-    stack: ChaosStack
-    resolver: Resolver
-    trace: attempts.Trace
-    random: random.Random
+    Given what they need: the stack (a cluster), the resolver that sends the calls, the SQL
+    trace, the runner's random, and ``hold``, which sends a cell's operations and holds each at
+    the cell's point (``Provoker.hold``)."""
 
-    def _hold(self, cell: Cell, trial: Trial, ms: int) -> tuple[list[User], Running, str]:
-        raise NotImplementedError  # CellRunner's
+    def __init__(
+        self,
+        stack: ChaosStack,
+        resolver: Resolver,
+        trace: attempts.Trace,
+        rnd: random.Random,
+        hold: Callable[[Cell, Trial, int], tuple[list[User], Running, str]],
+    ) -> None:
+        self.stack = stack
+        self.resolver = resolver
+        self.trace = trace
+        self.random = rnd
+        self._hold = hold
 
     def _strike(self, cell: Cell, victim: str, running: Running, trial: Trial) -> float:
         """Fail ``victim`` as ``cell`` says; return when (wall clock) it struck. A paused node
@@ -110,7 +120,7 @@ class NodeFaults:
             trial.problems.append("the cluster did not settle (ready, leaders unmoved) again")
         trial.counts["nodes_ready_at_the_end"] = sum(n.answers() for n in stack.cluster.nodes)
 
-    def _node_fault(self, cell: Cell, trial: Trial) -> list[User]:
+    def held_calls(self, cell: Cell, trial: Trial) -> list[User]:
         """The cell's operations, sent through every node's ingress, are held before their
         commit (``sleep`` at the hold point); one node is killed or paused (the leader of a
         held call's partition, or one at random); then the cluster is made whole again (the
@@ -215,7 +225,7 @@ class NodeFaults:
 
     # --- under load ------------------------------------------------------------------------------
 
-    def _under_load(self, cell: Cell, trial: Trial) -> list[User]:
+    def under_load(self, cell: Cell, trial: Trial) -> list[User]:
         """Calls at ``LOAD_RATE`` per second through every node's ingress; after
         ``LOAD_BEFORE_S``, the node leading the most partitions (or one at random) fails; the
         calls go on for ``LOAD_AFTER_S``. Measured: completions per second before the fault,

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from chaos.scenarios import CellRunner, ZombieCut
+from chaos.provoke import ZombieCut
+from chaos.runner import CellRunner
 from chaos.stack import SOAK_TOKEN_TTL, ChaosStack
 from chaos.workload import Resolver
 

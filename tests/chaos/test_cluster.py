@@ -17,7 +17,7 @@ from chaos.handlers import (
     KEYED_UPDATE_CONDITIONAL,
     TWO_PHASE_COMMIT_UPDATE,
 )
-from chaos.scenarios import CellRunner
+from chaos.runner import CellRunner
 from tests.chaos import expect
 
 #: A few minutes of CI: every pattern across the leader's death, one across a pause and one

@@ -24,7 +24,7 @@ from chaos.lab_cells import (
     stranger_commit_cell,
     zombie_between_prepare_and_commit_cell,
 )
-from chaos.scenarios import CellRunner
+from chaos.runner import CellRunner
 from chaos.verdict import CellResult
 from tests.chaos import expect
 

@@ -9,7 +9,7 @@ import pytest
 
 from chaos.cells import Cell, Fault
 from chaos.lab_cells import example_cells, example_outside_writer_cell
-from chaos.scenarios import CellRunner
+from chaos.runner import CellRunner
 from tests.chaos import expect
 from tests.chaos.test_exactly_once import zombie_reached_the_database
 

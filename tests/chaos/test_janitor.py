@@ -5,7 +5,7 @@ until the janitor rolls it back. The call fails (409 killed) and its credits are
 from __future__ import annotations
 
 from chaos.lab_cells import janitor_cell
-from chaos.scenarios import CellRunner
+from chaos.runner import CellRunner
 from tests.chaos import expect
 
 

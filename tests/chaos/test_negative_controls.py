@@ -11,7 +11,7 @@ from __future__ import annotations
 from chaos.cells import Cell, Fault
 from chaos.handlers import ACCOUNT_DEPOSIT_UNCHECKED, KEYED_UPDATE
 from chaos.lab_cells import fault_cells, restart_cells
-from chaos.scenarios import CellRunner
+from chaos.runner import CellRunner
 from chaos.surface import control_cells
 from tests.chaos import expect
 

@@ -11,7 +11,7 @@ import pytest
 
 from chaos.cells import Cell, Expect, Fault
 from chaos.lab_cells import restart_cells
-from chaos.scenarios import CellRunner
+from chaos.runner import CellRunner
 from tests.chaos import expect
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from chaos.lab_cells import kill_storm_cell
-from chaos.scenarios import CellRunner
+from chaos.runner import CellRunner
 from tests.chaos import expect
 
 STORM_OPERATIONS = 200

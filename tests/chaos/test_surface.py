@@ -10,7 +10,7 @@ import pytest
 
 from chaos.cells import Cell, Fault
 from chaos.handlers import ACCOUNT_DEPOSIT, PREPARE_MAYBE
-from chaos.scenarios import CellRunner
+from chaos.runner import CellRunner
 from chaos.surface import (
     control_cells,
     deadline_cells,
