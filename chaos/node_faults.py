@@ -34,7 +34,7 @@ from dbpatterns.exactly_once.calls import INVOCATION_ID
 from dbpatterns.measure.stats import percentile
 from dbpatterns.stack import wait_until
 from dbpatterns.stack.client import Admin
-from dbpatterns.stack.cluster import Partition
+from dbpatterns.stack.partitions import Partition
 
 log = logging.getLogger("chaos")
 

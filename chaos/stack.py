@@ -44,7 +44,7 @@ from dbpatterns.stack import (
     register_deployment,
 )
 from dbpatterns.stack.client import Admin
-from dbpatterns.stack.cluster import node_addresses
+from dbpatterns.stack.cluster_nodes import node_addresses
 
 #: restate-server settings of the harness (environment overrides win over the lab's TOML).
 #: Restate gives up on a silent attempt after inactivity + abort + a fixed 5 s drain.
