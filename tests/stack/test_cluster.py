@@ -24,7 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
-from dbpatterns.cli import parser, with_nodes
+from dbpatterns.cli import parser
+from dbpatterns.cli.lab import with_nodes
 from dbpatterns.config import Settings
 from dbpatterns.stack import (
     ClusterNode,
