@@ -53,18 +53,6 @@ from dbpatterns.stack.processes import (
 )
 from dbpatterns.stack.restate import find_restate_binary
 
-#: ``node_addresses`` and ``Partition`` live in ``cluster_nodes`` and ``partitions``; they are
-#: named here too because the chaos harness imports them from this module.
-__all__ = [
-    "ClusterStatus",
-    "NodeAction",
-    "NodeEvent",
-    "NodeStatus",
-    "Partition",
-    "RestateCluster",
-    "node_addresses",
-]
-
 NodeAction = Literal["kill", "pause", "resume", "restart"]
 
 
