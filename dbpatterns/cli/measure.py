@@ -120,7 +120,7 @@ def cmd_costs(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_frames(settings: Settings, args: argparse.Namespace) -> int:
     from dbpatterns.measure import frames, frames_report
 
-    lab = frames.Lab.from_state(settings.home)
+    stack = frames.TracedStack.from_state(settings.home)
     workloads = args.workloads.split(",") if args.workloads else list(frames.WORKLOADS)
     unknown = sorted(set(workloads) - set(frames.WORKLOADS))
     if unknown:
@@ -131,12 +131,12 @@ def cmd_frames(settings: Settings, args: argparse.Namespace) -> int:
         raise LabError(f"--calls {args.calls} --warmup {args.warmup}", "calls >= 1, warmup >= 0")
     print(
         f"HTTP/2 frames, TCP segments and syscalls per call between restate-server and the "
-        f"service (port {lab.service_port}): {len(workloads)} workloads, warm-up, then "
+        f"service (port {stack.service_port}): {len(workloads)} workloads, warm-up, then "
         f"2 x {args.calls} sequential calls each (a capture pass, a strace pass)",
         flush=True,
     )
     results = frames.run(
-        lab,
+        stack,
         workloads,
         calls=args.calls,
         warmup=args.warmup,
@@ -146,8 +146,8 @@ def cmd_frames(settings: Settings, args: argparse.Namespace) -> int:
     meta = {
         "calls": args.calls,
         "warmup": args.warmup,
-        "service_port": lab.service_port,
-        "restate_processes": len(lab.restate_pids),
+        "service_port": stack.service_port,
+        "restate_processes": len(stack.restate_pids),
         "cores": os.cpu_count(),
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
