@@ -6,9 +6,6 @@ packages register (the chaos suite), and dispatches. The entry point is ``dbpatt
 
 from __future__ import annotations
 
-from dbpatterns.cli.measure import side_of
 from dbpatterns.cli.registry import main, parser
 
-#: ``side_of`` is named here for tests/measure/test_bench_compare.py, which imports it from
-#: ``dbpatterns.cli``; it lives in ``dbpatterns.cli.measure``.
-__all__ = ["main", "parser", "side_of"]
+__all__ = ["main", "parser"]

@@ -40,7 +40,8 @@ from dbpatterns.measure.bench_counters import (
 )
 from dbpatterns.measure.bench_row import BenchRow
 from dbpatterns.measure.loadgen import target
-from dbpatterns.stack import LabError, read_state
+from dbpatterns.stack import LabError
+from dbpatterns.stack.state import load as load_state
 
 RESULTS_DIR = PROJECT_ROOT / "bench" / "results"
 BENCH_USERS = 1000
@@ -288,17 +289,14 @@ def add_ratios(results: list[BenchRow]) -> None:
 def lab_pids(settings: Settings) -> dict[str, list[int]]:
     """The processes of the running lab by part: ``restate`` is every restate-server of it
     (one, or each node of ``./lab up --nodes 3``)."""
-    state = read_state(settings.home)
-    if not state:
+    state = load_state(settings.home)
+    if state is None:
         raise LabError(
             f"no running lab in {settings.home}", "start it with `./lab up` in another terminal"
         )
     pids: dict[str, list[int]] = {}
-    for name, part in state["parts"].items():
-        if part.get("pid"):
-            pids.setdefault("restate" if name.startswith("restate") else name, []).append(
-                int(part["pid"])
-            )
+    for name, pid in state.pids().items():
+        pids.setdefault("restate" if name.startswith("restate") else name, []).append(pid)
     return pids
 
 

@@ -77,12 +77,8 @@ from dbpatterns.measure.frame_counting import (
 from dbpatterns.measure.frames_report import header, rows
 from dbpatterns.measure.frames_tools import capturing, decode, require_tools, tracing
 from dbpatterns.measure.loadgen import target
-from dbpatterns.stack import (
-    LabError,
-    pid_alive,
-    procfs,
-    read_state,
-)
+from dbpatterns.stack import LabError, pid_alive, procfs
+from dbpatterns.stack.state import load as load_state
 
 WORKLOADS = (
     "baseline.noop",
@@ -114,13 +110,12 @@ class TracedStack:
 
     @classmethod
     def from_state(cls, home: Path) -> TracedStack:
-        state = read_state(home)
-        if not state:
+        state = load_state(home)
+        if state is None:
             raise LabError(
                 f"no running lab in {home}", "start it with `./lab up` in another terminal"
             )
-        parts = state["parts"]
-        pids = {name: int(part["pid"]) for name, part in parts.items() if part.get("pid")}
+        pids = state.pids()
         dead = [f"{name} (pid {pid})" for name, pid in pids.items() if not pid_alive(pid)]
         if dead or "service" not in pids:
             raise LabError(
@@ -128,9 +123,9 @@ class TracedStack:
                 "`./lab status` tells which part is down; `./lab up` starts them",
             )
         return cls(
-            ingress_url=state["ingress_url"],
-            database_url=state["database_url"],
-            service_port=port_of(state["service_url"]),
+            ingress_url=state.ingress_url,
+            database_url=state.database_url,
+            service_port=port_of(state.service_url),
             service_pid=pids["service"],
             restate_pids=tuple(pid for name, pid in pids.items() if name.startswith("restate")),
         )
@@ -142,10 +137,6 @@ class TracedStack:
     @property
     def postgres_port(self) -> int:
         return int(psycopg.conninfo.conninfo_to_dict(self.database_url).get("port") or 5432)
-
-
-#: The CLI's name for ``TracedStack`` until dbpatterns/cli calls it by its own; then this goes.
-Lab = TracedStack
 
 
 def port_of(url: str) -> int:

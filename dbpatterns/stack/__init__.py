@@ -78,7 +78,6 @@ from dbpatterns.stack.state import (
     LabStatus,
     Part,
     PartStatus,
-    read_state,
 )
 from dbpatterns.stack.supervise import supervise
 
@@ -113,7 +112,6 @@ __all__ = [
     "pid_stopped",
     "port_is_free",
     "probe",
-    "read_state",
     "register_deployment",
     "request_node_start",
     "require_free_ports",

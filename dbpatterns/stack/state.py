@@ -88,17 +88,6 @@ def load(home: Path) -> LabState | None:
         return None
 
 
-def read_state(home: Path) -> dict[str, Any] | None:
-    """Deprecated: the state file as a raw dict, for the two measuring modules that still index
-    it (``measure/bench.py``'s ``lab_pids``, ``measure/frames.py``'s ``Lab.from_state``) until
-    they move to ``load``. Everything else reads ``load``'s ``LabState``."""
-    try:
-        state: dict[str, Any] = json.loads((home / STATE_FILE_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    return state
-
-
 @dataclass(frozen=True)
 class PartStatus:
     """A part of the state, checked now: does its process run, does it answer its check?"""

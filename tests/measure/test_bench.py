@@ -10,7 +10,7 @@ import pytest
 
 from dbpatterns.config import Settings
 from dbpatterns.measure import bench, bench_counters, bench_report, wrkload
-from dbpatterns.stack import STATE_FILE_NAME, ServiceProcess
+from dbpatterns.stack import STATE_FILE_NAME, ServiceProcess, Stack
 from tests.conftest import DatabaseEndpoint, RestateEndpoints
 
 
@@ -92,14 +92,19 @@ def test_a_short_benchmark_counts_every_operation_and_finds_the_ledger_exact(
 
 
 def test_the_cpu_of_every_node_of_a_cluster_counts_as_restate_servers(tmp_path: Path) -> None:
-    parts = {
-        "postgres": {"pid": 11},
-        "restate-n1": {"pid": 21},
-        "restate-n2": {"pid": 22},
-        "restate-n3": {"pid": None},  # killed: nothing to measure
-        "service": {"pid": 31},
+    pids_by_part: dict[str, int | None] = {
+        "postgres": 11,
+        "restate-n1": 21,
+        "restate-n2": 22,
+        "restate-n3": None,  # killed: nothing to measure
+        "service": 31,
     }
-    (tmp_path / STATE_FILE_NAME).write_text(json.dumps({"parts": parts}))
+    state = Stack(Settings(home=tmp_path, restate_nodes=3)).describe()
+    parts = {
+        name: part.model_copy(update={"pid": pids_by_part[name]})
+        for name, part in state.parts.items()
+    }
+    state.model_copy(update={"parts": parts}).write(tmp_path / STATE_FILE_NAME)
     pids = bench.lab_pids(Settings(home=tmp_path))
     assert pids == {"postgres": [11], "restate": [21, 22], "service": [31]}
     meter = bench_counters.CpuMeter(pids)

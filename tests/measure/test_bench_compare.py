@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from dbpatterns.cli import side_of
+from dbpatterns.cli.measure import side_of
 from dbpatterns.measure import bench_compare
 from dbpatterns.stack import LabError
 

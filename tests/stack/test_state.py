@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from dbpatterns.config import Settings
-from dbpatterns.stack import Stack, lab_running, parts_alive, read_state, shaped_like_running_lab
+from dbpatterns.stack import Stack, lab_running, parts_alive, shaped_like_running_lab
 from dbpatterns.stack.cluster import ClusterStatus, NodeStatus
 from dbpatterns.stack.state import STATE_FILE_NAME, LabStatus, PartStatus, load
 
@@ -70,16 +70,9 @@ def test_no_file_or_not_a_state_reads_as_no_lab(tmp_path: Path) -> None:
     assert not lab_running(tmp_path)
     (tmp_path / STATE_FILE_NAME).write_text("{not json")
     assert load(tmp_path) is None
-    assert read_state(tmp_path) is None
     (tmp_path / STATE_FILE_NAME).write_text('{"parts": {}}')
     assert load(tmp_path) is None
     assert parts_alive(tmp_path) == {}
-
-
-def test_the_deprecated_dict_reader_still_gives_the_raw_file(tmp_path: Path) -> None:
-    raw = {"parts": {"service": {"address": "x", "pid": 1}}, "anything": [1]}
-    (tmp_path / STATE_FILE_NAME).write_text(json.dumps(raw))
-    assert read_state(tmp_path) == raw
 
 
 def test_a_pid_that_no_longer_runs_is_not_a_running_part(tmp_path: Path) -> None:
