@@ -65,6 +65,16 @@ def pids() -> Iterator[int]:
             yield int(entry.name)
 
 
+def cmdline(pid: int) -> str:
+    """The process's command line, arguments joined by spaces; "" if it is gone."""
+    try:
+        return (
+            (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
+
+
 def children_of(pid: int) -> list[int]:
     """The processes whose parent is ``pid``."""
     return [p for p in pids() if (found := stat(p)) is not None and found.ppid == pid]

@@ -26,7 +26,7 @@ import pytest
 
 from dbpatterns.config import Settings
 from dbpatterns.service import migrate
-from dbpatterns.stack import ChildProcess, pid_alive, pid_stopped, wait_until
+from dbpatterns.stack import ChildProcess, pid_alive, pid_stopped, procfs, wait_until
 from dbpatterns.stack.client import Ingress
 from tests.conftest import SideStack, database_of_its_own, side_stack
 
@@ -102,18 +102,6 @@ def credits_of(db: psycopg.Connection[Any], user_id: str) -> int:
     return int(row[0])
 
 
-def children_of(pid: int) -> list[int]:
-    children = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(") ", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            children.append(int(stat.parent.name))
-    return children
-
-
 def assert_served_by(served: ServerStack) -> int:
     """The service answers as ``served.server``, from the process the lab started, which has
     no child process: it is the process that serves. Its pid."""
@@ -123,7 +111,7 @@ def assert_served_by(served: ServerStack) -> int:
     assert health.headers.get("server", "").startswith(SERVER_HEADER[served.server]), health.headers
     command = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
     assert COMMAND_LINE[served.server] in command, command
-    assert children_of(pid) == []
+    assert procfs.children_of(pid) == []
     return pid
 
 

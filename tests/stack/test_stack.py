@@ -26,7 +26,7 @@ from dbpatterns.config import Settings
 from dbpatterns.service import migrate
 from dbpatterns.service.schema import metadata
 from dbpatterns.service.serve import hypercorn_argv
-from dbpatterns.stack import LabError, Stack, find_pg_bin_dir, free_port, pid_alive
+from dbpatterns.stack import LabError, Stack, find_pg_bin_dir, free_port, pid_alive, procfs
 from dbpatterns.stack.client import Admin, Ingress
 
 
@@ -186,17 +186,7 @@ class LabProcess:
 
 
 def processes_mentioning(text: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if text in cmdline and pid_alive(int(entry.name)):
-            pids.append(int(entry.name))
-    return pids
+    return [pid for pid in procfs.pids() if text in procfs.cmdline(pid) and pid_alive(pid)]
 
 
 @pytest.fixture
