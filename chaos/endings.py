@@ -113,11 +113,9 @@ def ended_while_frozen(provoker: Provoker, cell: Cell, trial: Trial) -> list[Use
     stack = provoker.stack
     users = provoker.users_of(cell)
     earlier = _in_flight(provoker, cell.handler)
-    stack.services.reset_zombie_connections_at_once = False
-    try:
-        running, zombie = provoker.start_until_paused(users, {cell.point: "1*pause"}, trial)
-    finally:
-        stack.services.reset_zombie_connections_at_once = True
+    running, zombie = provoker.start_until_paused(
+        users, {cell.point: "1*pause"}, trial, cut_at_once=False
+    )
     if zombie is None:
         return users
     invocations = _in_flight(provoker, cell.handler) - earlier

@@ -53,11 +53,9 @@ def zombie_at_point(provoker: Provoker, cell: Cell, trial: Trial) -> list[User]:
         or cell.races_a_lock
         or cell.fault == Fault.ZOMBIE_AFTER_TOKEN_EXPIRY
     )
-    stack.services.reset_zombie_connections_at_once = at_once
-    try:
-        running, zombie = provoker.start_until_paused(users, {cell.point: "1*pause"}, trial)
-    finally:
-        stack.services.reset_zombie_connections_at_once = True
+    running, zombie = provoker.start_until_paused(
+        users, {cell.point: "1*pause"}, trial, cut_at_once=at_once
+    )
     if zombie is None:
         return users
     paused = time.monotonic()

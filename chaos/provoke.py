@@ -69,20 +69,33 @@ class Provoker:
         trial.notes.append("zombie log after resume: " + (" | ".join(woke[-3:]) or "(nothing)"))
 
     def start_until_paused(
-        self, users: list[User], actions: dict[str, str], trial: Trial
+        self,
+        users: list[User],
+        actions: dict[str, str],
+        trial: Trial,
+        *,
+        cut_at_once: bool = True,
     ) -> tuple[Running, Zombie | None]:
         """Switch ``actions`` on (one of them a ``1*pause``), send the users' operations, and
-        wait for the process to pause; None (and a problem) if it never does."""
+        wait for the process to pause; None (and a problem) if it never does. ``cut_at_once``:
+        Restate's side of the paused process's connections is reset the moment it pauses;
+        otherwise it stays open and silent until ``services.reset_restate_side``."""
         stack = self.stack
-        stack.failpoints.set(actions)
-        running = self.resolver.start(ops_of(users))
+        stack.services.reset_zombie_connections_at_once = cut_at_once
         try:
-            return running, stack.services.wait_for_zombie(timeout=30)
-        except TimeoutError:
-            paused_at = [p for p, a in actions.items() if a.endswith("pause")]
-            trial.problems.append(f"the failpoint {', '.join(paused_at)} never paused the service")
-            running.wait()
-            return running, None
+            stack.failpoints.set(actions)
+            running = self.resolver.start(ops_of(users))
+            try:
+                return running, stack.services.wait_for_zombie(timeout=30)
+            except TimeoutError:
+                paused_at = [p for p, a in actions.items() if a.endswith("pause")]
+                trial.problems.append(
+                    f"the failpoint {', '.join(paused_at)} never paused the service"
+                )
+                running.wait()
+                return running, None
+        finally:
+            stack.services.reset_zombie_connections_at_once = True
 
     def invocations_not_completed(self, target: str = "") -> set[str]:
         rows = checker.invocations_not_completed(self.stack.admin)
