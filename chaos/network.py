@@ -30,9 +30,9 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from chaos.loop_thread import LoopThread
 from dbpatterns.stack import procfs
 from dbpatterns.stack.processes import free_port
+from dbpatterns.testing.loop_thread import LoopThread
 
 log = logging.getLogger("chaos.network")
 

@@ -8,9 +8,9 @@ URI. One slot is active (the proxy's target); the other is a warm standby.
 A watcher thread keeps the service available, as an orchestrator would: when the active process
 dies (a failpoint's ``kill``), the proxy switches to the standby and the dead one is restarted
 in the background; when it stops (a failpoint's ``pause``), the proxy switches and cuts Restate
-off from the paused process (see ``chaos.proxy``), which then lives on as a zombie until the
-harness resumes it (``resume_zombie``). Both are counted as they are seen (``FaultCounts``:
-``service_killed``, ``service_paused``, and how each pause ended).
+off from the paused process (see ``dbpatterns.testing.proxy``), which then lives on as a zombie
+until the harness resumes it (``resume_zombie``). Both are counted as they are seen
+(``FaultCounts``: ``service_killed``, ``service_paused``, and how each pause ended).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import psycopg
 
 from chaos.faults import FaultCounts
-from chaos.proxy import SwitchableProxy
 from chaos.spawner import Spawner
 from dbpatterns.service.db import APPLICATION_NAME
 from dbpatterns.stack import LabError, ServiceProcess, procfs, wait_until
+from dbpatterns.testing.proxy import SwitchableProxy
 
 log = logging.getLogger("chaos")
 

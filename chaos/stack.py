@@ -28,7 +28,6 @@ from pathlib import Path
 from chaos.failpoint_control import FailpointControl
 from chaos.faults import FaultCounts, FaultInjector, as_cluster
 from chaos.network import SERVICE, LoopbackNetwork
-from chaos.proxy import SwitchableProxy
 from chaos.service_pair import ServicePair, ServiceSlot
 from chaos.spawner import Spawner
 from dbpatterns.config import Settings
@@ -45,6 +44,7 @@ from dbpatterns.stack import (
 )
 from dbpatterns.stack.client import Admin
 from dbpatterns.stack.cluster_nodes import node_addresses
+from dbpatterns.testing.proxy import SwitchableProxy
 
 #: restate-server settings of the harness (environment overrides win over the lab's TOML).
 #: Restate gives up on a silent attempt after inactivity + abort + a fixed 5 s drain.

@@ -1,8 +1,9 @@
 """The layout holds: the library is a leaf, the lab's services know nothing of the tools that
 run and measure them, nothing imports in a circle, and no file outgrows one reading.
 
-The wings, lowest first (README, "Layout"): ``exactly_once`` (the library) and ``examples``
-(built on it alone); ``patterns`` and ``service`` (the lab's services and what runs them, with
+The wings, lowest first (README, "Layout"): ``exactly_once`` (the library), ``examples`` (built
+on it alone) and ``testing`` (the test kit for users' services: on the library alone, as it
+ships with it); ``patterns`` and ``service`` (the lab's services and what runs them, with
 ``config``); ``stack`` (the processes of a lab); ``measure`` (the bench and its kin); ``cli``
 and ``chaos`` (the commands and the fault-injection suite). Every import is read from the
 source (``ast``), at module level or inside a function alike.
@@ -25,6 +26,7 @@ MAX_LINES = 450
 FORBIDDEN = {
     "dbpatterns.exactly_once": ("dbpatterns.", "chaos"),  # but itself: see ALLOWED
     "dbpatterns.examples": ("dbpatterns.", "chaos"),
+    "dbpatterns.testing": ("dbpatterns.", "chaos"),  # but the library: see ALLOWED
     "dbpatterns.patterns": (
         "dbpatterns.stack",
         "dbpatterns.measure",
@@ -47,6 +49,7 @@ FORBIDDEN = {
 ALLOWED = {
     "dbpatterns.exactly_once": ("dbpatterns.exactly_once",),
     "dbpatterns.examples": ("dbpatterns.exactly_once",),
+    "dbpatterns.testing": ("dbpatterns.exactly_once", "dbpatterns.testing"),
 }
 
 

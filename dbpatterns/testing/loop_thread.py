@@ -1,6 +1,6 @@
-"""An asyncio event loop in a daemon thread of its own, driven from other threads: the harness's
-proxies (``chaos.proxy``, ``chaos.network``) run their servers on one, while the cells call
-their methods from the resolver's and the test's threads."""
+"""An asyncio event loop in a daemon thread of its own, driven from other threads: the proxies
+(``dbpatterns.testing.proxy``, and the chaos suite's network) run their servers on one, while
+the tests call their methods from their own threads."""
 
 from __future__ import annotations
 

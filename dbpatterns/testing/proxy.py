@@ -21,9 +21,9 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-from chaos.loop_thread import LoopThread
+from dbpatterns.testing.loop_thread import LoopThread
 
-log = logging.getLogger("chaos.proxy")
+log = logging.getLogger("dbpatterns.testing.proxy")
 
 CHUNK = 65536
 
@@ -43,7 +43,7 @@ class SwitchableProxy(LoopThread):
     """Listens on ``host:listen_port`` and forwards each new connection to ``host:target_port``."""
 
     def __init__(self, host: str, listen_port: int, target_port: int) -> None:
-        super().__init__("chaos-proxy")
+        super().__init__("switchable-proxy")
         self.host = host
         self.listen_port = listen_port
         self.target_port = target_port
