@@ -14,7 +14,9 @@
   - applied 2 or more times: a **duplicate** (``applied - 1`` extra applications);
   - failed (a definite error answer) yet applied: **applied though failed**.
 
-  A duplicate of one operation and a lost update of another on the same user are two digits,
+  (The rule per operation is the test kit's, ``dbpatterns.testing.verdict.anomaly``: a user's
+  own tests judge their operations by the same book.) A duplicate of one operation and a lost
+  update of another on the same user are two digits,
   so they cannot cancel out, as they could in a net balance per user.
 * Late writes: ``late_writes`` compares a later reading of a judged cell with its verdict; any
   operation whose count moved was written after the verdict (by a zombie the harness did not
@@ -38,13 +40,15 @@ import psycopg
 from psycopg import sql
 
 from chaos.handlers import LedgerTable
-from chaos.workload import BASE, Operation, Outcome, User
+from chaos.workload import BASE, Operation, User
 from dbpatterns.service.db import APPLICATION_NAME
 from dbpatterns.stack.client import Admin
-
-LOST_UPDATE = "lost update"
-DUPLICATE = "duplicate"
-APPLIED_THOUGH_FAILED = "applied though failed"
+from dbpatterns.testing.verdict import (
+    DUPLICATE,
+    LOST_UPDATE,
+    Outcome,
+    anomaly,
+)
 
 
 @dataclass(frozen=True)
@@ -197,13 +201,7 @@ def _anomaly(op: Operation, applied: int) -> str | None:
     """``applied``: how many times the operation's amount was added; an operation of a handler
     that makes ``k`` calls adds it ``k`` times when applied once (``CreditHandler.applications``),
     so fewer than ``k`` for an acknowledged one is a call's lost update."""
-    if applied > op.handler.applications:
-        return DUPLICATE
-    if op.outcome == Outcome.ACKNOWLEDGED and applied < op.handler.applications:
-        return LOST_UPDATE
-    if op.outcome == Outcome.FAILED and applied:
-        return APPLIED_THOUGH_FAILED
-    return None
+    return anomaly(op.outcome, applied, op.handler.applications)
 
 
 def _describe(user: User) -> str:

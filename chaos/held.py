@@ -21,10 +21,11 @@ from chaos.points import HOLD_MS
 from chaos.provoke import Provoker, ops_of
 from chaos.tokens import token_table_and_ttl, tokens_of_this_cell
 from chaos.verdict import Trial
-from chaos.workload import Outcome, User, create_users
+from chaos.workload import User, create_users
 from dbpatterns.exactly_once.gids import GID_PREFIX
 from dbpatterns.service import janitor
 from dbpatterns.stack import wait_until
+from dbpatterns.testing.verdict import Outcome
 
 
 def held(provoker: Provoker, cell: Cell, trial: Trial) -> list[User]:

@@ -29,12 +29,13 @@ from chaos.cells import Cell, Fault
 from chaos.cluster_cells import LOAD_AFTER_S, LOAD_BEFORE_S, LOAD_RATE
 from chaos.stack import ChaosStack
 from chaos.verdict import Trial
-from chaos.workload import Operation, Outcome, Resolver, Running, User, create_users
+from chaos.workload import Operation, Resolver, Running, User, create_users
 from dbpatterns.exactly_once.calls import INVOCATION_ID
 from dbpatterns.measure.stats import percentile
 from dbpatterns.stack import wait_until
 from dbpatterns.stack.client import Admin
 from dbpatterns.stack.partitions import Partition
+from dbpatterns.testing.verdict import Outcome
 
 log = logging.getLogger("chaos")
 

@@ -12,7 +12,6 @@ deadline, and the checker reports that as a failure of the run.
 
 from __future__ import annotations
 
-import enum
 import itertools
 import threading
 import time
@@ -26,17 +25,7 @@ import psycopg
 
 from chaos.handlers import USERS, CreditHandler, LedgerTable
 from dbpatterns.stack.client import Ingress
-
-#: Answers that say "not now" rather than anything about the invocation: ask again.
-AMBIGUOUS_STATUS = {502, 503, 504}
-
-
-class Outcome(enum.StrEnum):
-    PENDING = "pending"
-    ACKNOWLEDGED = "acknowledged"  # 200: the credits are in, once
-    FAILED = "failed"  # a definite error answer: the credits are not in
-    UNKNOWN = "unknown"  # Restate did not answer before the deadline
-
+from dbpatterns.testing.verdict import AMBIGUOUS_STATUS, Outcome
 
 #: Every operation on a user adds its own power of ``BASE`` (1, 4, 16, ...): the user's gain,
 #: written in base 4, has one digit per operation, which is how many times that operation was

@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from chaos.checker import (
-    APPLIED_THOUGH_FAILED,
-    DUPLICATE,
-    LOST_UPDATE,
-    Reading,
-    judge_ledger,
-    late_writes,
-)
+from chaos.checker import Reading, judge_ledger, late_writes
 from chaos.handlers import IDEMPOTENCY_UPDATE, INVOICES, INVOICES_PAY, KEYED_UPDATE_CONDITIONAL
-from chaos.workload import MAX_OPS_PER_USER, Outcome, User
+from chaos.workload import MAX_OPS_PER_USER, User
+from dbpatterns.testing.verdict import APPLIED_THOUGH_FAILED, DUPLICATE, LOST_UPDATE, Outcome
 
 INITIAL = 1000
 

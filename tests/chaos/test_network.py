@@ -18,8 +18,9 @@ from chaos.handlers import IDEMPOTENCY_UPDATE
 from chaos.network import LoopbackNetwork, owner_of, socket_inode
 from chaos.node_faults import recovery
 from chaos.verdict import Trial
-from chaos.workload import Operation, Outcome
+from chaos.workload import Operation
 from dbpatterns.stack import free_port
+from dbpatterns.testing.verdict import Outcome
 
 ME = "me"
 
