@@ -21,7 +21,7 @@ The points of each pattern are listed by the library (``POINTS`` in
 """
 
 from dbpatterns.testing.control import Action, Struck
-from dbpatterns.testing.processes import KitError
+from dbpatterns.testing.processes import KitError, wait_until
 from dbpatterns.testing.service import ServedApp, Zombie
 from dbpatterns.testing.verdict import (
     Operation,
@@ -44,4 +44,5 @@ __all__ = [
     "judge",
     "judge_rows",
     "read_applied",
+    "wait_until",
 ]

@@ -46,6 +46,10 @@ from dbpatterns.testing.verdict import Operation, Outcome, outcome_of
 APP_NAME = "dbpatterns-kit-{n}"
 #: Restate's invocation ids: ``inv_`` and base62.
 INVOCATION_ID = re.compile(r"inv_[0-9A-Za-z]+")
+WAITING_FOR_A_LOCK = (
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE %s"
+    " AND wait_event_type = 'Lock'"
+)
 INVOCATION_ROW = (
     "SELECT id, target, status, completion_result, completion_failure, retry_count "
     "FROM sys_invocation"
@@ -245,6 +249,20 @@ class ServedApp:
         if not poll(lambda: bool(self.struck(point)), timeout):
             raise AssertionError(f"no fault fired at {point} within {timeout:.0f} s")
         return self.struck(point)[0]
+
+    def wait_zombie(self, timeout: float = 60.0) -> Zombie:
+        """The first zombie of this test, once its process froze and the retry was sent on."""
+        if not poll(lambda: bool(self.zombies), timeout):
+            raise AssertionError(f"no process froze within {timeout:.0f} s")
+        return self.zombies[0]
+
+    def waiting_for_a_lock(self) -> int:
+        """How many of the service's sessions wait for a lock now: a retry waiting for the row
+        a frozen attempt's open transaction holds (release the zombie then, or the retry waits
+        until the transaction's time is up)."""
+        with psycopg.connect(self.postgres.url, autocommit=True) as conn:
+            row = conn.execute(WAITING_FOR_A_LOCK, ("dbpatterns-kit-%",)).fetchone()
+        return int(row[0]) if row else 0
 
     def cancel(self, invocation_id: str) -> None:
         self.admin.cancel(invocation_id)

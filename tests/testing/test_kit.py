@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from dbpatterns.testing import Outcome, ServedApp, judge_rows
+from dbpatterns.testing.processes import wait_until as poll
 
 APPLIED = "SELECT sku, 10 - available FROM stock WHERE sku = ANY(%s)"
 RESERVE = "stock/reserve"
@@ -62,6 +63,22 @@ def test_a_frozen_attempt_is_a_zombie_whose_sql_reaches_postgres_after_its_relea
     received = zombie.statements_after_release()
     assert all(s.at >= (zombie.released_at or 0) for s in received)
     assert any("exactly_once_tokens" in s.message for s in received), received
+    judge_rows([op], kit_db, APPLIED).assert_exactly_once()
+
+
+def test_a_zombie_frozen_in_its_transaction_holds_the_retry_until_its_release(
+    kit_service: ServedApp, kit_db: psycopg.Connection[Any]
+) -> None:
+    kit_service.arm(BEFORE_COMMIT, "freeze")
+    body = stocked(kit_db)
+    pending = kit_service.call_in_background(RESERVE, body, subject=body["sku"])
+    zombie = kit_service.wait_zombie()
+    assert poll(lambda: kit_service.waiting_for_a_lock() > 0, 60), "the retry never waited"
+    zombie.release()
+    op = pending.result(timeout=120)
+
+    assert zombie.ran_sql(), "the zombie sent no SQL after its release"
+    assert op.invocation_id == zombie.struck.invocation_id
     judge_rows([op], kit_db, APPLIED).assert_exactly_once()
 
 
