@@ -43,6 +43,7 @@ from dbpatterns.stack import (
     register_deployment,
 )
 from dbpatterns.stack.client import Admin, Ingress
+from dbpatterns.testing.plugin import docker_answers
 
 POSTGRES_IMAGE = "postgres:15"
 RESTATE_IMAGE = "docker.io/restatedev/restate:1.7.12"
@@ -57,21 +58,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def docker_engine_answers() -> bool:
-    try:
-        import docker  # type: ignore[import-untyped]
-
-        docker.from_env(timeout=3).ping()
-    except Exception:
-        return False
-    return True
-
-
 @pytest.fixture(scope="session")
 def backend(request: pytest.FixtureRequest) -> str:
     choice: str = request.config.getoption("--backend")
     if choice == "auto":
-        return "docker" if docker_engine_answers() else "local"
+        return "docker" if docker_answers() else "local"
     return choice
 
 
