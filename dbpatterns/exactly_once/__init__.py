@@ -17,7 +17,8 @@ typed result as committed (a pydantic model, a dataclass or a JSON value, ``None
 and the id the database records the call under. Each handler may call them several times, one
 after another or at once. Each module opens with its guarantee, what each answer means under
 retry, zombie, cancel and kill, and the failure windows it closes. Tables:
-``dbpatterns.exactly_once.schema``. PostgreSQL 13 or newer.
+``dbpatterns.exactly_once.schema`` (the one module that needs SQLAlchemy: the ``schema`` extra).
+PostgreSQL 13 or newer.
 """
 
 from dbpatterns.exactly_once._types import Connection, Pool

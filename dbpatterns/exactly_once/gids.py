@@ -14,8 +14,8 @@ import re
 
 from psycopg import sql
 
+from dbpatterns.exactly_once._tables import PREPARED_RESULTS
 from dbpatterns.exactly_once.calls import CALL_ID, INVOCATION_ID
-from dbpatterns.exactly_once.schema import PREPARED_RESULTS
 
 #: Every gid of this library starts so, unless the service chose its own prefix.
 GID_PREFIX = "dbpatterns-2pc:"

@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from dbpatterns.exactly_once._tables import PREPARED_RESULTS
 from dbpatterns.exactly_once._types import Connection, Pool
 from dbpatterns.exactly_once.calls import INVOCATION_ID
 from dbpatterns.exactly_once.gids import (
@@ -47,7 +48,6 @@ from dbpatterns.exactly_once.gids import (
     rollback_prepared,
     sweep_prepared_results,
 )
-from dbpatterns.exactly_once.schema import PREPARED_RESULTS
 
 log = logging.getLogger("dbpatterns.exactly_once.janitor")
 

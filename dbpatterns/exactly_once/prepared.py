@@ -77,6 +77,7 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, TypeAdapter
 
 from dbpatterns.exactly_once import faults
+from dbpatterns.exactly_once._tables import PREPARED_RESULTS
 from dbpatterns.exactly_once._types import Connection, Pool
 from dbpatterns.exactly_once.calls import (
     Done,
@@ -92,7 +93,6 @@ from dbpatterns.exactly_once.calls import (
 )
 from dbpatterns.exactly_once.errors import database_errors
 from dbpatterns.exactly_once.gids import GID_PREFIX, gid_for, rollback_prepared, widen_xid
-from dbpatterns.exactly_once.schema import PREPARED_RESULTS
 
 log = logging.getLogger("dbpatterns.exactly_once.prepared")
 log.addFilter(restate.RestateLoggingFilter())  # silent while Restate replays the journal

@@ -13,23 +13,40 @@ or as plain DDL.
 
 Either table may have any name (several services may keep their own); pass the same name to
 the functions that use it.
+
+This module, unlike the rest of the library, needs SQLAlchemy: ``pip install
+'dbpatterns[schema]'``. The Alembic helpers take the migration's ``op`` and import nothing of
+Alembic themselves.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Column, DateTime, Index, MetaData, Table, Text, func
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.schema import CreateIndex, CreateTable
+from dbpatterns.exactly_once._tables import COMMITTED, FAILED, PREPARED_RESULTS, TOKENS
 
-TOKENS = "exactly_once_tokens"
-PREPARED_RESULTS = "exactly_once_prepared_results"
+try:
+    from sqlalchemy import CheckConstraint, Column, DateTime, Index, MetaData, Table, Text, func
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.schema import CreateIndex, CreateTable
+except ModuleNotFoundError as missing:  # the library itself needs none of it: only this module
+    raise ModuleNotFoundError(
+        f"dbpatterns.exactly_once.schema needs SQLAlchemy, and {missing.name} is not installed: "
+        "install the extra, pip install 'dbpatterns[schema]'",
+        name=missing.name,
+    ) from missing
 
-
-#: A token's ``outcome``: its call's work committed, or the call ended without it.
-COMMITTED = "committed"
-FAILED = "failed"
+__all__ = [
+    "COMMITTED",
+    "FAILED",
+    "PREPARED_RESULTS",
+    "TOKENS",
+    "create_tables",
+    "ddl",
+    "drop_tables",
+    "prepared_results_table",
+    "token_table",
+]
 
 
 def _token_columns() -> list[Column[Any]]:
@@ -68,7 +85,7 @@ def prepared_results_table(metadata: MetaData, name: str = PREPARED_RESULTS) -> 
     return Table(name, metadata, *_result_columns(), Index(f"ix_{name}_created_at", "created_at"))
 
 
-def _tables(tokens: str, results: str) -> list[Table]:
+def _both_tables(tokens: str, results: str) -> list[Table]:
     metadata = MetaData()
     return [token_table(metadata, tokens), prepared_results_table(metadata, results)]
 
@@ -77,7 +94,7 @@ def ddl(tokens: str = TOKENS, results: str = PREPARED_RESULTS) -> str:
     """The CREATE TABLE and CREATE INDEX statements, for a schema not managed by Alembic."""
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     statements: list[str] = []
-    for table in _tables(tokens, results):
+    for table in _both_tables(tokens, results):
         statements.append(str(CreateTable(table).compile(dialect=dialect)).strip())
         statements += [str(CreateIndex(i).compile(dialect=dialect)) for i in table.indexes]
     return ";\n\n".join(statements) + ";\n"

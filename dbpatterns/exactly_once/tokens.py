@@ -34,10 +34,10 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from pydantic import AwareDatetime, BaseModel
 
+from dbpatterns.exactly_once._tables import COMMITTED, FAILED, TOKENS
 from dbpatterns.exactly_once._types import Connection, Pool
 from dbpatterns.exactly_once.calls import CALL_ID
 from dbpatterns.exactly_once.errors import database_errors
-from dbpatterns.exactly_once.schema import COMMITTED, FAILED, TOKENS
 
 log = logging.getLogger("dbpatterns.exactly_once.tokens")
 log.addFilter(restate.RestateLoggingFilter())  # silent while Restate replays the journal
