@@ -159,10 +159,11 @@ def _line(result: CellResult) -> str:
 def main(argv: list[str] | None = None) -> int:
     """the fault-injection suite (`./lab chaos --help`)
 
-    ``./lab chaos``: the lab's CLI runs this as a command another package registers (the entry
-    point ``chaos = "chaos.cli:main"`` of group ``dbpatterns.commands``), with every argument
-    after ``chaos``; the first line above is the command's help line there. Exit status 0 when
-    every cell passed, 1 when one failed, 2 when the stack did not start or no cell matched.
+    ``./lab chaos``: the lab's CLI runs this as a command that lives outside its package (the
+    line ``chaos = "chaos.cli:main"`` of ``[tool.dbpatterns.commands]`` in ``pyproject.toml``),
+    with every argument after ``chaos``; the first line above is the command's help line there.
+    Exit status 0 when every cell passed, 1 when one failed, 2 when the stack did not start or no
+    cell matched.
     """
     args = build_parser().parse_args(argv)
     logging.basicConfig(

@@ -7,11 +7,13 @@ Two kinds of command:
   lab), ``cli.janitor``, ``cli.measure`` (bench and its kin). Each runs as
   ``run(settings, args) -> exit status``; a ``LabError`` it raises is printed as
   ``dbpatterns <cmd>: error: ...`` with exit status 2.
-* A command another package registers: an entry point of group ``dbpatterns.commands``
-  (``name = "module:main"``, in its ``pyproject.toml``), where ``main(argv: list[str]) -> int``
-  takes every argument after the command's name untouched and parses its own. Its help line is
-  the first line of ``main``'s docstring. The chaos suite registers ``chaos`` so: the lab's CLI
-  does not import it. An entry point that takes a name of the lab's own is left out.
+* A command that lives outside the CLI's package: a line ``name = "module:main"`` of the
+  ``[tool.dbpatterns.commands]`` table in the repository's ``pyproject.toml``, where
+  ``main(argv: list[str]) -> int`` takes every argument after the command's name untouched and
+  parses its own. Its help line is the first line of ``main``'s docstring. The chaos suite is
+  registered so: the lab's CLI does not import it. A line that takes a name of the lab's own is
+  left out. (The table is the repository's, not package metadata: the published package is the
+  library alone, and the lab runs from a clone.)
 """
 
 from __future__ import annotations
@@ -22,18 +24,24 @@ import importlib.util
 import inspect
 import os
 import sys
+import tomllib
 from collections.abc import Callable, Iterable, Sequence
-from importlib.metadata import EntryPoint, entry_points
-from typing import cast
+from importlib.metadata import EntryPoint
+from pathlib import Path
+from typing import Any, cast
 
 from dbpatterns.cli.command import Command
 from dbpatterns.cli.janitor import COMMANDS as JANITOR_COMMANDS
 from dbpatterns.cli.lab import COMMANDS as LAB_COMMANDS
 from dbpatterns.cli.measure import COMMANDS as MEASURE_COMMANDS
-from dbpatterns.config import get_settings
+from dbpatterns.config import PROJECT_ROOT, get_settings
 from dbpatterns.stack import LabError, shaped_like_running_lab
 
 DESCRIPTION = "The ``dbpatterns`` command: run the lab, look at it, reset it."
+#: Where the commands that live outside the CLI's package are named, ``name = "module:main"``.
+PYPROJECT = PROJECT_ROOT / "pyproject.toml"
+TABLE = ("tool", "dbpatterns", "commands")
+#: The group of the entry points ``declared`` makes of the table's lines.
 ENTRY_POINT_GROUP = "dbpatterns.commands"
 #: The order ``dbpatterns --help`` has always listed the commands in (and an unknown command's
 #: error names them in); a command not named here comes after these, by name.
@@ -63,15 +71,24 @@ def own_commands() -> list[Command]:
     return [*LAB_COMMANDS, *JANITOR_COMMANDS, *MEASURE_COMMANDS]
 
 
+def declared(pyproject: Path | None = None) -> list[EntryPoint]:
+    """The ``[tool.dbpatterns.commands]`` table of ``pyproject`` (the repository's by default),
+    each line as an entry point of ``ENTRY_POINT_GROUP``; none when there is no such file or
+    table."""
+    try:
+        table: Any = tomllib.loads((pyproject or PYPROJECT).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    for key in TABLE:
+        table = table.get(key, {}) if isinstance(table, dict) else {}
+    return [EntryPoint(name, str(value), ENTRY_POINT_GROUP) for name, value in table.items()]
+
+
 def registered() -> dict[str, EntryPoint]:
-    """The commands other packages register (``ENTRY_POINT_GROUP``), by name; the first of a
-    name wins, and none takes a name of the lab's own."""
+    """The commands declared outside the CLI's package (``declared``), by name; none takes a
+    name of the lab's own."""
     own = {c.name for c in own_commands()}
-    found: dict[str, EntryPoint] = {}
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        if entry.name not in own:
-            found.setdefault(entry.name, entry)
-    return found
+    return {entry.name: entry for entry in declared() if entry.name not in own}
 
 
 def help_line(entry: EntryPoint) -> str:

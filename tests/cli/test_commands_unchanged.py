@@ -17,14 +17,13 @@ import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dbpatterns.cli import main, parser
-from dbpatterns.cli.registry import ENTRY_POINT_GROUP
+from dbpatterns.cli.registry import declared
 from dbpatterns.config import PROJECT_ROOT, get_settings
 from dbpatterns.stack import find_restate_binary
 from tests.cli.shape import COLUMNS, error_text, help_text, shape, subparsers_of
@@ -168,7 +167,7 @@ def test_psql_and_restate_through_lab_are_those_programs() -> None:
 
 
 def test_chaos_is_a_registered_command_not_an_import() -> None:
-    (chaos,) = entry_points(group=ENTRY_POINT_GROUP, name="chaos")
+    (chaos,) = [entry for entry in declared() if entry.name == "chaos"]
     assert chaos.value == "chaos.cli:main"
 
 

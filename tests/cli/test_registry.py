@@ -1,12 +1,13 @@
-"""The registry's protocol for commands other packages register (entry point group
-``dbpatterns.commands``): a registered ``main(argv) -> int`` gets every argument after its name
-untouched and its exit status is the command's; its help line is its docstring's first line;
-a plugin that cannot be loaded does not break the other commands; none replaces a command of
-the lab's own."""
+"""The registry's protocol for commands that live outside the CLI's package (the
+``[tool.dbpatterns.commands]`` table of ``pyproject.toml``): a registered ``main(argv) -> int``
+gets every argument after its name untouched and its exit status is the command's; its help
+line is its docstring's first line; a plugin that cannot be loaded does not break the other
+commands; none replaces a command of the lab's own."""
 
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 
@@ -27,9 +28,7 @@ def echo(argv: list[str]) -> int:
 
 
 def register(monkeypatch: pytest.MonkeyPatch, *entries: EntryPoint) -> None:
-    monkeypatch.setattr(
-        registry, "entry_points", lambda group: [e for e in entries if e.group == group]
-    )
+    monkeypatch.setattr(registry, "declared", lambda: list(entries))
 
 
 @pytest.fixture(autouse=True)
@@ -72,3 +71,22 @@ def test_a_plugin_cannot_replace_a_command_of_the_labs_own(
     assert main(["compare", "a", "b"]) == 2
     assert RECEIVED == []
     assert [c["name"] for c in shape(parser())["commands"]].count("compare") == 1
+
+
+def test_the_table_of_a_pyproject_declares_the_commands(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text(
+        '[project]\nname = "x"\n\n[tool.dbpatterns.commands]\n'
+        f'echo = "{__name__}:echo"\nbroken = "tests.cli.no_such_module:main"\n'
+    )
+    assert registry.declared(pyproject) == [
+        EntryPoint("echo", f"{__name__}:echo", GROUP),
+        EntryPoint("broken", "tests.cli.no_such_module:main", GROUP),
+    ]
+
+
+def test_no_table_or_no_pyproject_declares_nothing(tmp_path: Path) -> None:
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "x"\n')
+    assert registry.declared(pyproject) == []
+    assert registry.declared(tmp_path / "missing.toml") == []
