@@ -1,4 +1,5 @@
-"""``python -m dbpatterns.cli``: the ``dbpatterns`` command (the tests start ``up`` so)."""
+"""``python -m dbpatterns.cli``: the ``dbpatterns`` command, as ``./lab <cmd>`` and the tests
+run it (the lab's command, from a clone: the published package installs no command)."""
 
 import sys
 

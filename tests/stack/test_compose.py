@@ -180,7 +180,12 @@ def test_service_runs_like_the_embedded_one_against_the_compose_database(
         default.database,
         "postgres",
     )
-    assert compose["services"]["migrate"]["command"] == ["dbpatterns", "migrate"]
+    assert compose["services"]["migrate"]["command"] == [
+        "python",
+        "-m",
+        "dbpatterns.cli",
+        "migrate",
+    ]
 
 
 def test_registration_points_restate_at_the_service(
@@ -196,7 +201,7 @@ def test_restate_signs_with_the_key_the_service_checks(compose: dict[str, Any]) 
     services = compose["services"]
     keygen = services["keygen"]
     volume, folder = keygen["volumes"][0].split(":")[:2]
-    assert keygen["command"] == ["dbpatterns", "keygen", folder]
+    assert keygen["command"] == ["python", "-m", "dbpatterns.cli", "keygen", folder]
     private = services["restate"]["environment"][
         "RESTATE_WORKER__INVOKER__REQUEST_IDENTITY_PRIVATE_KEY_PEM_FILE"
     ]
