@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
 import uuid
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,8 +25,8 @@ from dbpatterns.exactly_once.calls import INVOCATION_ID
 from dbpatterns.stack import free_port, register_deployment
 from dbpatterns.stack.client import Admin, Ingress
 from tests.conftest import RestateEndpoints
+from tests.readme_code import README, readme_example
 
-README = Path(__file__).parents[2] / "README.md"
 POINT = "orders.reserve.after-commit"
 #: The README's TTL, and the one the expiry test serves its copy with: a reservation commits
 #: within it, and its token's expiry is due two of them after the call.
@@ -64,13 +62,6 @@ if "FAULT_MARK" in os.environ:
 
     faults.install(fail_once_after_commit)
 '''
-
-
-def readme_example() -> str:
-    section = README.read_text().split("## Use it in your own service", 1)[1]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "the README's section has no python example"
-    return match.group(1)
 
 
 def with_short_ttl(code: str) -> str:
@@ -207,8 +198,8 @@ def expiries_of(admin: Admin, invocation: str) -> list[dict[str, Any]]:
 
 def test_the_readme_example_type_checks_under_mypy_strict(tmp_path: Path) -> None:
     """Against the library's own types (``py.typed``): a call that does not fit fails here.
-    (mypy cannot follow the import hook of an editable install, so it is pointed at the
-    source; an installed wheel carries the package and its marker, see the next test.)"""
+    (Here against the checkout; the install check, ``tests/install/check.py``, checks it against
+    the wheel installed outside it.)"""
     module = tmp_path / "orders_app.py"
     module.write_text(readme_example())
     checked = subprocess.run(
@@ -219,39 +210,6 @@ def test_the_readme_example_type_checks_under_mypy_strict(tmp_path: Path) -> Non
         env={**os.environ, "MYPYPATH": str(README.parent)},
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-
-
-def test_the_built_package_carries_the_library_and_its_type_marker(tmp_path: Path) -> None:
-    """Built from a copy of the sources, so the build leaves nothing in the checkout."""
-    source = tmp_path / "src"
-    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "results")
-    for part in ("dbpatterns", "chaos"):
-        shutil.copytree(README.parent / part, source / part, ignore=skip)
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(README.parent / name, source / name)
-    built = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "-q",
-            "-w",
-            str(tmp_path),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
-    (wheel,) = tmp_path.glob("dbpatterns-*.whl")
-    names = set(zipfile.ZipFile(wheel).namelist())
-    assert "dbpatterns/py.typed" in names
-    assert {
-        f"dbpatterns/exactly_once/{m}.py"
-        for m in ("__init__", "versioned", "idempotent", "prepared", "schema", "faults", "errors")
-    } <= names
 
 
 def test_the_readme_example_reserves_once_across_a_retry_after_the_commit(

@@ -1,0 +1,1 @@
+"""The published package, checked as a user installs it (``check``)."""
