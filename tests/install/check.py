@@ -12,8 +12,9 @@ The stages (``stages()``):
 * ``library alone``: no extra. Imports the library from the venv (and finds the schema module
   asking for its extra), and type-checks the root README's example service with ``mypy
   --strict`` against the installed ``py.typed``; a control file with a wrong call must fail
-  there, or the check proves nothing. The packages it installed must be the ones the library's
-  README lists between ``<!-- installs -->`` and ``<!-- installs:end -->``.
+  there, or the check proves nothing. pytest (with no extra) loads the test kit's plugin. The
+  packages it installed must be the ones the library's README lists between ``<!-- installs
+  -->`` and ``<!-- installs:end -->``.
 
 Before any stage the wheel itself is checked: it holds the library and nothing else of the
 repository, its license, and no entry point but the test kit's pytest plugin; building it left
@@ -83,6 +84,15 @@ from dbpatterns.exactly_once import Retry
 
 Retry(max_attempts="three")
 """
+#: The test kit's pytest plugin is registered whatever the extras (entry points have no extra):
+#: pytest in a service's venv loads it, so it must load without the ``testing`` extra too.
+PLUGIN_LOADS = """
+import pytest
+
+
+def test_the_kit_plugin_loads_without_its_extra(pytestconfig: pytest.Config) -> None:
+    assert pytestconfig.pluginmanager.has_plugin("dbpatterns")
+"""
 
 
 @dataclass(frozen=True)
@@ -113,12 +123,17 @@ class Stage:
 
 def stages() -> list[Stage]:
     """Every stage, in the order they run."""
-    mypy = f"mypy=={importlib.metadata.version('mypy')}"  # the lab's own, so pip's cache has it
+    # The lab's own versions of the tools, so pip's cache has them.
+    mypy, pytest = (f"{tool}=={importlib.metadata.version(tool)}" for tool in ("mypy", "pytest"))
     return [
         Stage(
             name="library alone",
-            tools=(mypy,),
-            files={"orders_app.py": readme_example(), "control.py": CONTROL},
+            tools=(mypy, pytest),
+            files={
+                "orders_app.py": readme_example(),
+                "control.py": CONTROL,
+                "test_plugin.py": PLUGIN_LOADS,
+            },
             commands=(
                 Command("the library imports from the venv", ("python", "-c", IMPORT_CHECK)),
                 Command(
@@ -129,6 +144,10 @@ def stages() -> list[Stage]:
                     "mypy --strict refuses a call that does not fit (the control)",
                     ("python", "-m", "mypy", "--strict", "control.py"),
                     fails_with="[arg-type]",
+                ),
+                Command(
+                    "pytest loads the test kit's plugin without the testing extra",
+                    ("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_plugin.py"),
                 ),
             ),
             expect_installs=listed_installs(LIBRARY_README.read_text()),
