@@ -14,27 +14,21 @@ or as plain DDL.
 Either table may have any name (several services may keep their own); pass the same name to
 the functions that use it.
 
-This module, unlike the rest of the library, needs SQLAlchemy: ``pip install
-'dbpatterns[schema]'``. The Alembic helpers take the migration's ``op`` and import nothing of
-Alembic themselves.
+``ddl`` is plain SQL and needs nothing more than the library. The SQLAlchemy tables and the
+Alembic helpers need SQLAlchemy: ``pip install 'dbpatterns[schema]'``; the Alembic helpers take
+the migration's ``op`` and import nothing of Alembic themselves. The two descriptions are held
+to the same tables by a test (``tests/exactly_once/test_schema.py``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import TYPE_CHECKING, Any
 
 from dbpatterns.exactly_once._tables import COMMITTED, FAILED, PREPARED_RESULTS, TOKENS
 
-try:
-    from sqlalchemy import CheckConstraint, Column, DateTime, Index, MetaData, Table, Text, func
-    from sqlalchemy.dialects import postgresql
-    from sqlalchemy.schema import CreateIndex, CreateTable
-except ModuleNotFoundError as missing:  # the library itself needs none of it: only this module
-    raise ModuleNotFoundError(
-        f"dbpatterns.exactly_once.schema needs SQLAlchemy, and {missing.name} is not installed: "
-        "install the extra, pip install 'dbpatterns[schema]'",
-        name=missing.name,
-    ) from missing
+if TYPE_CHECKING:
+    from sqlalchemy import Column, MetaData, Table
 
 __all__ = [
     "COMMITTED",
@@ -48,56 +42,105 @@ __all__ = [
     "token_table",
 ]
 
+#: A table name ``ddl`` writes as it is: lower case, as Postgres folds unquoted names.
+NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+DDL = """\
+CREATE TABLE {tokens} (
+    id TEXT NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
+    expires_at TIMESTAMP WITH TIME ZONE NOT NULL,
+    outcome TEXT NOT NULL,
+    result JSONB,
+    PRIMARY KEY (id),
+    CONSTRAINT ck_{tokens}_outcome CHECK (outcome IN ('{committed}', '{failed}'))
+);
+
+CREATE INDEX ix_{tokens}_expires_at ON {tokens} (expires_at);
+
+CREATE TABLE {results} (
+    gid TEXT NOT NULL,
+    result JSONB NOT NULL,
+    created_at TIMESTAMP WITH TIME ZONE DEFAULT now() NOT NULL,
+    PRIMARY KEY (gid)
+);
+
+CREATE INDEX ix_{results}_created_at ON {results} (created_at);
+"""
+
+
+def ddl(tokens: str = TOKENS, results: str = PREPARED_RESULTS) -> str:
+    """The CREATE TABLE and CREATE INDEX statements, for a schema not managed by Alembic."""
+    for name in (tokens, results):
+        if not NAME.fullmatch(name):
+            raise ValueError(
+                f"table name {name!r}: ddl() writes names of lower-case letters, digits and "
+                "underscores (63 at most); create a table of another name with token_table() "
+                "and SQLAlchemy"
+            )
+    return DDL.format(tokens=tokens, results=results, committed=COMMITTED, failed=FAILED)
+
+
+def _sqlalchemy() -> Any:
+    try:
+        import sqlalchemy
+    except ModuleNotFoundError as missing:  # the library itself needs none of it
+        raise ModuleNotFoundError(
+            "dbpatterns.exactly_once.schema's tables need SQLAlchemy, which is not installed: "
+            "install the extra, pip install 'dbpatterns[schema]' (ddl() needs none)",
+            name=missing.name,
+        ) from missing
+    return sqlalchemy
+
 
 def _token_columns() -> list[Column[Any]]:
+    sa = _sqlalchemy()
+    from sqlalchemy.dialects.postgresql import JSONB
+
+    stamp = sa.DateTime(timezone=True)
     return [
-        Column("id", Text, primary_key=True),
-        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-        Column("expires_at", DateTime(timezone=True), nullable=False),
-        Column("outcome", Text, nullable=False),
-        Column("result", postgresql.JSONB, nullable=True),
+        sa.Column("id", sa.Text, primary_key=True),
+        sa.Column("created_at", stamp, nullable=False, server_default=sa.func.now()),
+        sa.Column("expires_at", stamp, nullable=False),
+        sa.Column("outcome", sa.Text, nullable=False),
+        sa.Column("result", JSONB, nullable=True),
     ]
 
 
 def _token_constraints(name: str) -> list[Any]:
+    sa = _sqlalchemy()
     return [
-        CheckConstraint(f"outcome IN ('{COMMITTED}', '{FAILED}')", name=f"ck_{name}_outcome"),
-        Index(f"ix_{name}_expires_at", "expires_at"),
+        sa.CheckConstraint(f"outcome IN ('{COMMITTED}', '{FAILED}')", name=f"ck_{name}_outcome"),
+        sa.Index(f"ix_{name}_expires_at", "expires_at"),
     ]
 
 
 def _result_columns() -> list[Column[Any]]:
+    sa = _sqlalchemy()
+    from sqlalchemy.dialects.postgresql import JSONB
+
     return [
-        Column("gid", Text, primary_key=True),
-        Column("result", postgresql.JSONB, nullable=False),
-        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        sa.Column("gid", sa.Text, primary_key=True),
+        sa.Column("result", JSONB, nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
     ]
 
 
 def token_table(metadata: MetaData, name: str = TOKENS) -> Table:
     """``(id text primary key, created_at, expires_at timestamptz, outcome text, result jsonb)``,
     indexed on expires_at."""
-    return Table(name, metadata, *_token_columns(), *_token_constraints(name))
+    table: Table = _sqlalchemy().Table(name, metadata, *_token_columns(), *_token_constraints(name))
+    return table
 
 
 def prepared_results_table(metadata: MetaData, name: str = PREPARED_RESULTS) -> Table:
     """``(gid text primary key, result jsonb, created_at timestamptz)``, indexed on created_at."""
-    return Table(name, metadata, *_result_columns(), Index(f"ix_{name}_created_at", "created_at"))
-
-
-def _both_tables(tokens: str, results: str) -> list[Table]:
-    metadata = MetaData()
-    return [token_table(metadata, tokens), prepared_results_table(metadata, results)]
-
-
-def ddl(tokens: str = TOKENS, results: str = PREPARED_RESULTS) -> str:
-    """The CREATE TABLE and CREATE INDEX statements, for a schema not managed by Alembic."""
-    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
-    statements: list[str] = []
-    for table in _both_tables(tokens, results):
-        statements.append(str(CreateTable(table).compile(dialect=dialect)).strip())
-        statements += [str(CreateIndex(i).compile(dialect=dialect)) for i in table.indexes]
-    return ";\n\n".join(statements) + ";\n"
+    sa = _sqlalchemy()
+    index = sa.Index(f"ix_{name}_created_at", "created_at")
+    table: Table = sa.Table(name, metadata, *_result_columns(), index)
+    return table
 
 
 def create_tables(op: Any, tokens: str = TOKENS, results: str = PREPARED_RESULTS) -> None:

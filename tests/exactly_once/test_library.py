@@ -33,9 +33,20 @@ def test_the_ddl_creates_exactly_the_tables_the_library_describes(
     schema.prepared_results_table(described, "my_results")
     engine = create_engine(scratch_database.replace("postgresql://", "postgresql+psycopg://"))
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), described)
+        context = MigrationContext.configure(conn, opts={"compare_server_default": True})
+        diff = compare_metadata(context, described)
+        checks = conn.exec_driver_sql(
+            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE contype = 'c'"
+            " AND conrelid = 'my_tokens'::regclass"
+        ).all()
     engine.dispose()
     assert diff == []
+    assert [tuple(c) for c in checks] == [
+        (
+            "ck_my_tokens_outcome",
+            "CHECK ((outcome = ANY (ARRAY['committed'::text, 'failed'::text])))",
+        )
+    ]
 
 
 def test_fault_points_do_nothing_without_a_hook_whatever_the_environment(

@@ -63,20 +63,22 @@ INSTALLS = re.compile(r"<!-- installs -->\n(.*?)<!-- installs:end -->", re.S)
 #: Long enough for pip on a loaded machine and a slow network; only a hang reaches it.
 PATIENCE_S = 900
 
-#: Imports the library as the user's service does, from the venv; the schema module, which
-#: needs the extra, must say which.
+#: Imports the library as the user's service does, from the venv; the tables' DDL needs
+#: nothing more, and the SQLAlchemy tables, which need the extra, must say which.
 IMPORT_CHECK = """
 import sys
 import dbpatterns.exactly_once as library
+from dbpatterns.exactly_once import schema
 assert library.__file__.startswith(sys.prefix), f"imported from {library.__file__}"
 print(f"imported {library.__name__} from {library.__file__}")
+assert "CREATE TABLE exactly_once_tokens" in schema.ddl()
 try:
-    from dbpatterns.exactly_once import schema
+    schema.token_table(None)
 except ModuleNotFoundError as missing:
     assert "dbpatterns[schema]" in str(missing), missing
-    print(f"schema without its extra: {missing}")
+    print(f"schema's tables without its extra: {missing}")
 else:
-    raise AssertionError("dbpatterns.exactly_once.schema imported without SQLAlchemy")
+    raise AssertionError("schema.token_table ran without SQLAlchemy")
 """
 #: A call that does not fit the library's types: mypy must refuse it, or it checks nothing.
 CONTROL = """
