@@ -9,12 +9,16 @@ after the package list is taken, so the list is the user's install.
 
 The stages (``stages()``):
 
-* ``library alone``: no extra. Imports the library from the venv (and finds the schema module
-  asking for its extra), and type-checks the root README's example service with ``mypy
+* ``library alone``: no extra. Imports the library from the venv (its tables' DDL works, their
+  SQLAlchemy form asks for its extra), and type-checks the root README's example service with ``mypy
   --strict`` against the installed ``py.typed``; a control file with a wrong call must fail
   there, or the check proves nothing. pytest (with no extra) loads the test kit's plugin. The
   packages it installed must be the ones the library's README lists between ``<!-- installs
   -->`` and ``<!-- installs:end -->``.
+* ``test kit``: the ``testing`` extra. The root README's test file for its example service
+  (section "Prove it in your own tests"), beside that service, run by pytest as a user runs it:
+  the kit starts Postgres and restate-server (the lab's pinned binary, as the README has a user
+  install it) and strikes each fault it tests.
 
 Before any stage the wheel itself is checked: it holds the library and nothing else of the
 repository, its license, and no entry point but the test kit's pytest plugin; building it left
@@ -42,7 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.readme_code import readme_example
+from tests.readme_code import readme_example, readme_example_test
 
 ROOT = Path(__file__).resolve().parents[2]
 LIBRARY_README = ROOT / "dbpatterns" / "exactly_once" / "README.md"
@@ -154,7 +158,30 @@ def stages() -> list[Stage]:
             ),
             expect_installs=listed_installs(LIBRARY_README.read_text()),
         ),
+        Stage(
+            name="test kit",
+            extras=("testing",),
+            files={"orders_app.py": readme_example(), "test_orders.py": readme_example_test()},
+            commands=(
+                Command(
+                    "the README's test file proves its example service with the test kit",
+                    ("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_orders.py"),
+                ),
+            ),
+            # The restate-server binary the README tells a user to install (npm), from the
+            # lab's node_modules; Postgres from the machine, as the kit looks for it.
+            env={"DBPATTERNS_RESTATE_SERVER": str(restate_server_binary())},
+        ),
     ]
+
+
+def restate_server_binary() -> Path:
+    """The pinned restate-server of the lab's ``node_modules``."""
+    found = sorted(
+        (ROOT / "node_modules" / "@restatedev").glob("restate-server-*/bin/restate-server")
+    )
+    assert found, "no restate-server in node_modules: ./lab installs it (npm ci)"
+    return found[0]
 
 
 def say(message: str) -> None:
