@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from dbpatterns.config import Settings
+from dbpatterns.measure import bench
 from dbpatterns.measure.bench_network import (
     POSTGRES,
     RESTATE,
@@ -22,7 +23,7 @@ from dbpatterns.measure.bench_network import (
     delayed_network,
     round_trips_between,
 )
-from tests.conftest import SideStack, side_stack
+from tests.conftest import DatabaseEndpoint, SideStack, side_stack
 
 RTT_MS = 20.0
 
@@ -91,3 +92,46 @@ def test_a_noop_call_through_restate_is_two_round_trips_that_wait_the_rtt_each(
         pytest.fail("every call opened a connection to the service")
     assert round_trips_between(before, after) == {POSTGRES: 0, RESTATE: 2}
     assert took >= 2 * RTT_MS
+
+
+def test_the_bench_behind_the_proxy_counts_round_trips_per_call_and_the_proxys_cpu(
+    lab: SideStack, postgres: DatabaseEndpoint
+) -> None:
+    pids = {"restate": lab.restate.process.pid} if lab.restate.process else {}
+    if postgres.server and postgres.server.process:
+        pids["postgres"] = postgres.server.process.pid
+    names = ("direct", "baseline.noop", "keyed.update")
+    registered = {d["id"] for d in lab.admin.deployments()}
+    results = bench.benchmark(
+        lab.settings,
+        concurrencies=[1],
+        duration=1.0,
+        workloads=[w for w in bench.WORKLOADS if w.name in names],
+        distributions=["spread"],
+        pids=pids,
+        rtt_ms=2.0,
+        say=lambda _: None,
+    )
+    by_name = {r.workload: r for r in results}
+    for r in results:
+        assert r.ops > 0
+        assert r.errors == 0, r.error_samples
+        assert r.ledger_exact
+        assert r.round_trips_per_op is not None
+        assert r.cpu_ms_per_op["proxy"] > 0
+    trips = {name: r.round_trips_per_op for name, r in by_name.items()}
+    # Over connections the warm-up opened: two round trips per no-op call, one more for the
+    # durable step; psycopg spends one more, once per pooled connection, preparing a statement
+    # on its fifth run there. `direct`'s load opens its pool during its run: the setup of its
+    # connections counts for its calls, the more so the fewer calls a run makes.
+    assert trips["baseline.noop"] == {POSTGRES: 0, RESTATE: 2}
+    keyed = trips["keyed.update"]
+    assert keyed is not None
+    assert keyed[RESTATE] == 3
+    assert 1 <= keyed[POSTGRES] <= 1.5
+    direct = trips["direct"]
+    assert direct is not None
+    assert direct[RESTATE] == 0
+    assert direct[POSTGRES] >= 1
+    # The bench's deployment is gone again: the one before it takes the calls.
+    assert {d["id"] for d in lab.admin.deployments()} == registered
