@@ -19,10 +19,13 @@ own service is left as it runs (``./lab up`` watches it; the bench does not stop
 the calls again once the bench's deployment is removed on the way out. The bench's service
 runs no janitor (the lab's still sweeps), so that no statement of a sweep counts for a call.
 
-restate-server opens a connection to the service for each partition that invokes it, and a
-call lands on a random partition unless it is keyed: ``warm_up`` makes no-op calls until
-``STABLE_CALLS`` in a row opened none, so that the round trips of a connection's setup are not
-counted for the calls of a run.
+The setup of a connection (Postgres's startup and authentication, HTTP/2's preface and
+settings) costs round trips that belong to no call, so none may happen during a run. The
+service opens its pool in the background once it starts: ``delayed_network`` waits until every
+pooled connection crossed the proxy and the ``postgres`` route fell quiet. restate-server opens
+a connection to the service for each partition that invokes it, and a call lands on a random
+partition unless it is keyed: ``warm_up`` makes no-op calls until ``STABLE_CALLS`` in a row
+opened none.
 
 Not behind the proxy: the load (wrk or the Python load) reaches the ingress directly, and the
 bench's own look at the database (ledger, transaction ids, ``pg_stat_statements``) is the
@@ -33,9 +36,11 @@ service's part, so it connects through the ``postgres`` route (``database_url``)
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import httpx
 
@@ -49,6 +54,9 @@ POSTGRES, RESTATE = "postgres", "restate"
 #: Warm-up: no-op calls in a row that opened no connection, and the most calls it makes.
 STABLE_CALLS = 50
 MAX_WARMUP_CALLS = 2000
+#: The service's pool is open once all its connections crossed the proxy and no round trip
+#: crossed the ``postgres`` route for this long (plus the round trip); given up after the second.
+POOL_QUIET_S, POOL_OPEN_TIMEOUT_S = 0.5, 60.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,7 @@ def delayed_network(
         )
         service.start()
         try:
+            wait_for_pool(proxy, settings.pool_size, rtt_ms, service.log_path)
             uri = f"http://{settings.bind_host}:{proxy.ports[RESTATE]}"
             deployment = register_deployment(settings.admin_url, uri)["id"]
             say(
@@ -120,6 +129,27 @@ def delayed_network(
                 remove_deployment(settings.admin_url, deployment)
         finally:
             service.stop()
+
+
+def wait_for_pool(proxy: DelayProxy, pool_size: int, rtt_ms: float, log_path: Path) -> None:
+    """Until the service's ``pool_size`` connections to Postgres crossed the proxy and their
+    setup is over (the route quiet for ``POOL_QUIET_S`` plus the round trip)."""
+    quiet_s = POOL_QUIET_S + rtt_ms / 1000
+    give_up = time.monotonic() + POOL_OPEN_TIMEOUT_S
+    seen, since = None, time.monotonic()
+    while time.monotonic() < give_up:
+        counts = proxy.counts()[POSTGRES]
+        now = (counts.connections, counts.turns)
+        if now != seen:
+            seen, since = now, time.monotonic()
+        elif counts.connections >= pool_size and time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.05)
+    raise LabError(
+        f"the bench's service did not open its {pool_size} connections to Postgres through the "
+        f"delay proxy within {POOL_OPEN_TIMEOUT_S:g} s (seen: {seen})",
+        f"see {log_path} and {proxy.log_path}",
+    )
 
 
 def warm_up(network: DelayedNetwork, ingress_url: str) -> int:
