@@ -31,10 +31,17 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
             f"workloads: {', '.join(w.name for w in bench.WORKLOADS)}; "
             f"distributions: {', '.join(bench.DISTRIBUTIONS)}",
         )
+    if args.rtt_ms is not None and args.service_pid:
+        raise LabError(
+            "--rtt-ms runs a service of the bench's own behind the delay proxy; --service-pid "
+            "measures a process registered in the lab's place: not both",
+            "drop one of them",
+        )
     print(
         f"benchmark against {settings.ingress_url}: {len(workloads)} workloads x "
         f"{len(concurrencies)} concurrencies x {len(distributions)} distributions, "
         f"{args.duration:g} s each, load from {args.load}"
+        + ("" if args.rtt_ms is None else f", round trip {args.rtt_ms:g} ms on each link")
     )
     pids: dict[str, list[int]] | None = None
     if args.service_pid:
@@ -47,12 +54,23 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         workloads=workloads,
         distributions=distributions,
         load=args.load,
+        rtt_ms=args.rtt_ms,
     )
+    service: str
+    server: str | None  # the ASGI server the measured service ran under, when known
+    if args.service_pid:
+        service, server = f"another process ({args.service_pid})", None
+    elif args.rtt_ms is not None:
+        service, server = "the bench's own, behind the delay proxy", settings.service_server
+    else:
+        service, server = "the lab's", served_by(settings.home)
     meta = {
         "duration": args.duration,
         "load": args.load,
-        "service": "the lab's" if not args.service_pid else f"another process ({args.service_pid})",
-        "service_server": None if args.service_pid else served_by(settings.home),
+        # None: no proxy, loopback; N: the round trip the proxy put on each link, in ms
+        "rtt_ms": args.rtt_ms,
+        "service": service,
+        "service_server": server,
         "concurrencies": concurrencies,
         "cores": os.cpu_count(),
         "pool_size": settings.pool_size,
@@ -172,6 +190,14 @@ def bench_arguments(bn: argparse.ArgumentParser) -> None:
         type=int,
         help="measure this process as the service: another implementation of the same handlers, "
         "registered with the lab's restate-server in place of the lab's service",
+    )
+    bn.add_argument(
+        "--rtt-ms",
+        type=float,
+        metavar="N",
+        help="a round trip of N ms (N/2 each way) on the links restate-server -> service and "
+        "service -> Postgres, through a delay proxy that counts each link's round trips; the "
+        "bench runs a service of its own behind it (0: the proxy without a delay)",
     )
     bn.add_argument(
         "--distributions",

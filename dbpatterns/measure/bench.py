@@ -14,10 +14,16 @@ and per operation: write transactions, statements (round trips), durable steps, 
 the service, restate-server, Postgres and the load generator (``dbpatterns.measure.bench_counters``
 says where each count comes from). It checks the ledger after each run: a benchmark that lost
 or duplicated updates is not a result.
+
+With ``rtt_ms`` (``--rtt-ms N``) the calls cross a delay proxy on the two links a deployment
+has on the network, restate-server to the service and the service to Postgres, each with a
+round trip of N ms (``dbpatterns.measure.bench_network``); each row then also has the round
+trips per operation on each link, as the proxy counted them, and the proxy's CPU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import subprocess
@@ -37,6 +43,13 @@ from dbpatterns.measure.bench_counters import (
     children_cpu_seconds,
     journal_steps,
     next_transaction_id,
+)
+from dbpatterns.measure.bench_network import (
+    STABLE_CALLS,
+    DelayedNetwork,
+    delayed_network,
+    round_trips_between,
+    warm_up,
 )
 from dbpatterns.measure.bench_row import BenchRow
 from dbpatterns.measure.loadgen import target
@@ -186,18 +199,21 @@ def run_one(
     statements: StatementCounter,
     steps: float | None,
     load: Load,
+    network: DelayedNetwork | None = None,
 ) -> BenchRow:
     targets = [HOT_USER] if distribution == "hot" else users
     python = load == "python" or workload.name == "direct"
     balance_before = credits(settings.libpq_url, targets) if workload.changes_credits else {}
     xid_before = next_transaction_id(settings.libpq_url)
     statements_before = statements.start()
+    links_before = network.counts() if network else None
     cpu_before = meter.sample()
     if python:
         spec = {
             "workload": workload.name,
             "ingress_url": settings.ingress_url,
-            "database_url": settings.libpq_url,
+            # `direct`'s load plays the service: behind the proxy, as the service is
+            "database_url": network.database_url if network else settings.libpq_url,
             "users": targets,
             "concurrency": concurrency,
             "duration": duration,
@@ -209,6 +225,9 @@ def run_one(
         out = wrk_load(settings, workload.name, targets, concurrency, duration)
     time.sleep(SETTLE_S)
     cpu_after = meter.sample()
+    round_trips = (
+        round_trips_between(links_before, network.counts()) if network and links_before else None
+    )
     statement_count = statements.since(statements_before)
     write_transactions = next_transaction_id(settings.libpq_url) - xid_before
     ledger_exact = True
@@ -258,6 +277,11 @@ def run_one(
         ledger_exact=ledger_exact,
         in_flight_at_stop=sum(out.pending.values()),
         error_samples=out.error_samples,
+        round_trips_per_op=(
+            None
+            if round_trips is None
+            else {link: round(n / per_op, 2) for link, n in round_trips.items()}
+        ),
     )
 
 
@@ -309,33 +333,46 @@ def benchmark(
     distributions: Iterable[str] = DISTRIBUTIONS,
     pids: Mapping[str, int | Sequence[int]] | None = None,
     load: Load = "wrk",
+    rtt_ms: float | None = None,
     say: Callable[[str], None] = print,
 ) -> list[BenchRow]:
-    users = prepare_users(settings.libpq_url)
-    meter = CpuMeter(pids if pids is not None else lab_pids(settings))
-    statements = StatementCounter(settings.libpq_url)
-    if not statements.available:
-        say("pg_stat_statements is not preloaded: round trips per operation are not counted")
-    steps = {w.name: measured_steps(settings, w, users) for w in workloads}
-    results: list[BenchRow] = []
-    say(bench_report.header())
-    for concurrency in concurrencies:
-        for distribution in distributions:
-            for workload in workloads:
-                result = run_one(
-                    settings,
-                    workload,
-                    users,
-                    distribution,
-                    concurrency,
-                    duration,
-                    meter,
-                    statements,
-                    steps[workload.name],
-                    load,
-                )
-                results.append(result)
-                say(bench_report.row(result))
+    """Every workload at every concurrency and distribution; with ``rtt_ms``, behind the delay
+    proxy (``bench_network``), which a clean exit or a failure alike takes away again."""
+    with contextlib.ExitStack() as exits:
+        network = (
+            None if rtt_ms is None else exits.enter_context(delayed_network(settings, rtt_ms, say))
+        )
+        parts = dict(pids if pids is not None else lab_pids(settings))
+        if network is not None:  # its service in the lab's place, and the proxy
+            parts |= network.pids()
+            calls = warm_up(network, settings.ingress_url)
+            say(f"warm-up: {calls} no-op calls, the last {STABLE_CALLS} over open connections")
+        users = prepare_users(settings.libpq_url)
+        meter = CpuMeter(parts)
+        statements = StatementCounter(settings.libpq_url)
+        if not statements.available:
+            say("pg_stat_statements is not preloaded: statements per operation are not counted")
+        steps = {w.name: measured_steps(settings, w, users) for w in workloads}
+        results: list[BenchRow] = []
+        say(bench_report.header(delayed=network is not None))
+        for concurrency in concurrencies:
+            for distribution in distributions:
+                for workload in workloads:
+                    result = run_one(
+                        settings,
+                        workload,
+                        users,
+                        distribution,
+                        concurrency,
+                        duration,
+                        meter,
+                        statements,
+                        steps[workload.name],
+                        load,
+                        network,
+                    )
+                    results.append(result)
+                    say(bench_report.row(result))
     add_ratios(results)
     return results
 

@@ -1,5 +1,6 @@
 """The benchmark's results as a live table, Markdown (the README's table is generated from
-it), JSON and a plot."""
+it), JSON and a plot. A run behind the delay proxy (``--rtt-ms``) has three columns more: the
+round trips per operation to Postgres and to restate-server, and the proxy's CPU."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ COLUMNS = (
     "write tx/op", "stmts/op", "steps/op", "cpu ms/op svc", "restate", "postgres", "load",
     "ledger",
 )  # fmt: skip
+#: Added to the columns of a run behind the delay proxy, before ``ledger``: round trips per
+#: operation to Postgres and to restate-server, and the proxy's CPU ms per operation.
+DELAYED_COLUMNS = ("rt pg", "rt restate", "proxy")
 
 
 def per_op(value: float | None) -> str:
@@ -30,8 +34,13 @@ def ledger(r: BenchRow) -> str:
     return "exact" if r.ledger_exact else "WRONG"
 
 
-def header() -> str:
-    return "  ".join(f"{c:>11}" if i else f"{c:<24}" for i, c in enumerate(COLUMNS))
+def round_trips(r: BenchRow, link: str) -> str:
+    return per_op(None if r.round_trips_per_op is None else r.round_trips_per_op.get(link))
+
+
+def header(delayed: bool = False) -> str:
+    columns = [*COLUMNS[:-1], *DELAYED_COLUMNS, COLUMNS[-1]] if delayed else list(COLUMNS)
+    return "  ".join(f"{c:>11}" if i else f"{c:<24}" for i, c in enumerate(columns))
 
 
 def cells(r: BenchRow) -> list[str]:
@@ -40,7 +49,13 @@ def cells(r: BenchRow) -> list[str]:
         f"{r.p50_ms:.1f}", f"{r.p95_ms:.1f}", f"{r.p99_ms:.1f}", f"{r.max_ms:.0f}",
         str(r.errors), f"{r.db_write_transactions_per_op:.2f}", per_op(r.db_statements_per_op),
         per_op(r.durable_steps_per_op), cpu(r, "service"), cpu(r, "restate"),
-        cpu(r, "postgres"), cpu(r, "load"), ledger(r),
+        cpu(r, "postgres"), cpu(r, "load"),
+        *(
+            (round_trips(r, "postgres"), round_trips(r, "restate"), cpu(r, "proxy"))
+            if r.round_trips_per_op is not None
+            else ()
+        ),
+        ledger(r),
     ]  # fmt: skip
 
 
@@ -49,9 +64,15 @@ def row(r: BenchRow) -> str:
 
 
 def markdown(results: list[BenchRow]) -> str:
+    """The table; a run behind the delay proxy adds round trips per operation to Postgres and
+    to restate-server, and the proxy's CPU after the load's."""
+    delayed = any(r.round_trips_per_op is not None for r in results)
+    parts = ("service", "restate", "postgres", "load", *(("proxy",) if delayed else ()))
     cols = ["workload", "dist", "c", "ops/s", "vs noop", "vs direct", "p50 ms", "p99 ms",
             "errors", "write tx/op", "stmts/op", "steps/op",
-            "cpu ms/op svc / restate / pg / load", "ledger"]  # fmt: skip
+            *(["round trips/op pg / restate"] if delayed else []),
+            "cpu ms/op svc / restate / pg / load" + (" / proxy" if delayed else ""),
+            "ledger"]  # fmt: skip
     rows = [
         [
             f"`{r.workload}`", r.distribution, str(r.concurrency), f"{r.throughput:.0f}",
@@ -60,7 +81,8 @@ def markdown(results: list[BenchRow]) -> str:
             f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}", str(r.errors),
             f"{r.db_write_transactions_per_op:.2f}", per_op(r.db_statements_per_op),
             per_op(r.durable_steps_per_op),
-            " / ".join(cpu(r, part) for part in ("service", "restate", "postgres", "load")),
+            *([f"{round_trips(r, 'postgres')} / {round_trips(r, 'restate')}"] if delayed else []),
+            " / ".join(cpu(r, part) for part in parts),
             ledger(r).lower() if r.ledger_exact else "**wrong**",
         ]
         for r in results

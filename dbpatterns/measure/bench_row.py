@@ -27,10 +27,14 @@ class BenchRow:
     db_write_transactions_per_op: float
     db_statements_per_op: float | None  # None: pg_stat_statements missing, or it lost entries
     durable_steps_per_op: float | None  # None: no Restate (direct)
-    # service, restate, postgres, load; ``direct``'s load process is its service (no load entry)
+    # service, restate, postgres, load, and proxy under ``--rtt-ms``; ``direct``'s load process
+    # is its service (no load entry)
     cpu_ms_per_op: dict[str, float]
     ledger_exact: bool
     in_flight_at_stop: int = 0  # calls left unanswered when the load stopped
     error_samples: list[str] = field(default_factory=list)
     vs_direct: float | None = None
     vs_noop: float | None = None
+    # ``--rtt-ms`` only: round trips per operation on each delayed link, counted by the proxy
+    # (``postgres``: the service's to Postgres; ``restate``: restate-server's to the service)
+    round_trips_per_op: dict[str, float] | None = None
