@@ -18,9 +18,13 @@ and the id the database records the call under. Each handler may call them sever
 after another or at once. Each module opens with its guarantee, what each answer means under
 retry, zombie, cancel and kill, and the failure windows it closes. Tables:
 ``dbpatterns.exactly_once.schema``. PostgreSQL 13 or newer.
+
+Around them, for the service that uses them: ``with_pool`` serves the Restate app with the pool
+open from the server's start to its stop.
 """
 
 from dbpatterns.exactly_once._types import Connection, Pool
+from dbpatterns.exactly_once.asgi import with_pool
 from dbpatterns.exactly_once.calls import Done, Retry
 from dbpatterns.exactly_once.errors import database_errors
 from dbpatterns.exactly_once.idempotent import idempotent_transaction
@@ -42,4 +46,5 @@ __all__ = [
     "prepared_transaction",
     "run_janitor",
     "versioned_update",
+    "with_pool",
 ]
