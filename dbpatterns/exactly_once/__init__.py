@@ -20,7 +20,8 @@ retry, zombie, cancel and kill, and the failure windows it closes. Tables:
 ``dbpatterns.exactly_once.schema``. PostgreSQL 13 or newer.
 
 Around them, for the service that uses them: ``with_pool`` serves the Restate app with the pool
-open from the server's start to its stop.
+open from the server's start to its stop, and ``input_errors`` answers a request body that does
+not fit the handler's input with a 400 that names the problem.
 """
 
 from dbpatterns.exactly_once._types import Connection, Pool
@@ -28,6 +29,7 @@ from dbpatterns.exactly_once.asgi import with_pool
 from dbpatterns.exactly_once.calls import Done, Retry
 from dbpatterns.exactly_once.errors import database_errors
 from dbpatterns.exactly_once.idempotent import idempotent_transaction
+from dbpatterns.exactly_once.inputs import input_errors
 from dbpatterns.exactly_once.janitor import RestateAdmin, run_janitor
 from dbpatterns.exactly_once.prepared import prepared_transaction
 from dbpatterns.exactly_once.tokens import IdempotencyTokens
@@ -43,6 +45,7 @@ __all__ = [
     "Retry",
     "database_errors",
     "idempotent_transaction",
+    "input_errors",
     "prepared_transaction",
     "run_janitor",
     "versioned_update",
