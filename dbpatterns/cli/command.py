@@ -20,10 +20,19 @@ def no_arguments(parser: argparse.ArgumentParser) -> None:
 @dataclass(frozen=True)
 class Passthrough:
     """The arguments after the command's name belong to another program (``psql -c ...``):
-    they go on untouched, as the list ``args.<dest>``, ``--help`` included."""
+    they go on untouched, as the list ``args.<dest>``, but for a first ``--help``, which prints
+    ``description`` (what the command does, and how to reach the program's own help), and a
+    first ``--``, which is dropped (``./lab psql -- --help`` is psql's ``--help``)."""
 
     dest: str
     help: str
+    description: str
+
+    def takes(self, argv: list[str]) -> list[str] | None:
+        """The program's arguments, from those after the command's name; None: ``--help``."""
+        if argv[:1] == ["--help"]:
+            return None
+        return argv[1:] if argv[:1] == ["--"] else argv
 
 
 @dataclass(frozen=True)
@@ -42,9 +51,20 @@ class Command:
     follows_running_lab: bool = True
 
     def add_to(self, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-        parser = sub.add_parser(self.name, help=self.help)
+        if self.passthrough is None:
+            parser = sub.add_parser(self.name, help=self.help)
+            self.arguments(parser)
+            return
+        # Only --help is the lab's: -h goes to the program (psql's host, restate's short help).
+        parser = sub.add_parser(
+            self.name,
+            help=self.help,
+            description=self.passthrough.description,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            add_help=False,
+        )
+        parser.add_argument("--help", action="help", help="show this help message and exit")
         self.arguments(parser)
-        if self.passthrough is not None:
-            parser.add_argument(
-                self.passthrough.dest, nargs=argparse.REMAINDER, help=self.passthrough.help
-            )
+        parser.add_argument(
+            self.passthrough.dest, nargs=argparse.REMAINDER, help=self.passthrough.help
+        )

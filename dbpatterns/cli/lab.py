@@ -177,6 +177,15 @@ def cluster_lines(cluster: ClusterStatus) -> str:
     return "\n".join(lines)
 
 
+PSQL_HELP = """\
+Open psql (the one on PATH) on the lab's database: the URL in DBPATTERNS_DATABASE_URL (by
+default the Postgres of `./lab up`, postgresql://dbpatterns:dbpatterns@127.0.0.1:5432/dbpatterns;
+`./lab status` shows it). Every other argument goes to psql untouched; a first `--` is dropped.
+
+  ./lab psql -c 'SELECT * FROM users'
+  ./lab psql -- --help            psql's own help"""
+
+
 def cmd_psql(settings: Settings, args: argparse.Namespace) -> int:
     psql = shutil.which("psql")
     if psql is None:
@@ -210,6 +219,17 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     migrate.migrate(settings.libpq_url)
     print(f"migrated and seeded {settings.db_url.render_as_string(hide_password=True)}")
     return 0
+
+
+RESTATE_HELP = """\
+Run the restate CLI pinned in package.json (installed in node_modules) with RESTATE_ADMIN_URL
+set to the lab's admin API: the restate-server of `./lab up` (http://127.0.0.1:9070 by default,
+DBPATTERNS_ADMIN_PORT), or node n1 of `./lab up --nodes 3`. Every other argument goes to restate
+untouched; a first `--` is dropped.
+
+  ./lab restate invocations list
+  ./lab restate deployments list
+  ./lab restate -- --help         restate's own help (-h: its short help)"""
 
 
 def cmd_restate(settings: Settings, args: argparse.Namespace) -> int:
@@ -273,7 +293,7 @@ COMMANDS = (
         "psql",
         "open psql on the lab database",
         cmd_psql,
-        passthrough=Passthrough("psql_args", "passed on to psql"),
+        passthrough=Passthrough("psql_args", "passed on to psql", PSQL_HELP),
     ),
     Command("reset", "delete the lab's data (postgres and restate)", cmd_reset, reset_arguments),
     Command("migrate", "alembic upgrade head + seed rows, on DBPATTERNS_DATABASE_URL", cmd_migrate),
@@ -288,6 +308,6 @@ COMMANDS = (
         "restate",
         "the restate CLI, aimed at the lab's admin API",
         cmd_restate,
-        passthrough=Passthrough("restate_args", "e.g. invocations list"),
+        passthrough=Passthrough("restate_args", "e.g. invocations list", RESTATE_HELP),
     ),
 )

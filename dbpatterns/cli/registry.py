@@ -143,9 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if entry is not None:  # it parses its own options: the rest goes on untouched
             return cast(Main, entry.load())(argv[1:])
     command = own.get(argv[0]) if argv else None
-    if command is not None and command.passthrough is not None:
-        args = argparse.Namespace(command=argv[0], **{command.passthrough.dest: argv[1:]})
-    else:
+    passthrough = command.passthrough if command is not None else None
+    passed_on = passthrough.takes(argv[1:]) if passthrough is not None else None
+    if command is not None and passthrough is not None and passed_on is not None:
+        args = argparse.Namespace(command=argv[0], **{passthrough.dest: passed_on})
+    else:  # the lab's own commands, and the lab's --help of a passthrough command
         args = parser().parse_args(argv)
         command = own[args.command]
     settings = get_settings()

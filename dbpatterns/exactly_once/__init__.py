@@ -17,14 +17,20 @@ typed result as committed (a pydantic model, a dataclass or a JSON value, ``None
 and the id the database records the call under. Each handler may call them several times, one
 after another or at once. Each module opens with its guarantee, what each answer means under
 retry, zombie, cancel and kill, and the failure windows it closes. Tables:
-``dbpatterns.exactly_once.schema`` (the one module that needs SQLAlchemy: the ``schema`` extra).
-PostgreSQL 13 or newer.
+``dbpatterns.exactly_once.schema`` (their DDL as plain SQL; as SQLAlchemy tables and Alembic
+helpers with the ``schema`` extra). PostgreSQL 13 or newer.
+
+Around them, for the service that uses them: ``with_pool`` serves the Restate app with the pool
+open from the server's start to its stop, and ``input_errors`` answers a request body that does
+not fit the handler's input with a 400 that names the problem.
 """
 
 from dbpatterns.exactly_once._types import Connection, Pool
+from dbpatterns.exactly_once.asgi import with_pool
 from dbpatterns.exactly_once.calls import Done, Retry
 from dbpatterns.exactly_once.errors import database_errors
 from dbpatterns.exactly_once.idempotent import idempotent_transaction
+from dbpatterns.exactly_once.inputs import input_errors
 from dbpatterns.exactly_once.janitor import RestateAdmin, run_janitor
 from dbpatterns.exactly_once.prepared import prepared_transaction
 from dbpatterns.exactly_once.tokens import IdempotencyTokens
@@ -40,7 +46,9 @@ __all__ = [
     "Retry",
     "database_errors",
     "idempotent_transaction",
+    "input_errors",
     "prepared_transaction",
     "run_janitor",
     "versioned_update",
+    "with_pool",
 ]

@@ -3,12 +3,17 @@ copied out of the README into a module of its own, served by hypercorn in its ow
 registered with restate-server, type-checked with mypy --strict. Its handler records a
 reservation once across a retry after the commit (the fault is the library's own hook,
 installed by the launcher as a test harness would), and once per idempotency key; its tokens'
-private expiry works in a process started after the call, before any reservation ran there."""
+private expiry works in a process started after the call, before any reservation ran there; a
+body that does not fit its input is answered 400 and runs nothing; hypercorn serves it without
+a lifespan error; and the README's curl lines answer what their comments say."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -25,7 +30,7 @@ from dbpatterns.exactly_once.calls import INVOCATION_ID
 from dbpatterns.stack import free_port, register_deployment
 from dbpatterns.stack.client import Admin, Ingress
 from tests.conftest import RestateEndpoints
-from tests.readme_code import README, readme_example
+from tests.readme_code import README, SECTION, readme_example
 
 POINT = "orders.reserve.after-commit"
 #: The README's TTL, and the one the expiry test serves its copy with: a reservation commits
@@ -62,6 +67,17 @@ if "FAULT_MARK" in os.environ:
 
     faults.install(fail_once_after_commit)
 '''
+
+
+def readme_section() -> str:
+    return README.read_text().split(SECTION, 1)[1].split("\n## ", 1)[0]
+
+
+def readme_steps() -> str:
+    """The shell block of the section: set up, serve, call, clean up."""
+    match = re.search(r"```bash\n(.*?)```", readme_section(), re.S)
+    assert match, "the README's section has no shell steps"
+    return match.group(1)
 
 
 def with_short_ttl(code: str) -> str:
@@ -114,16 +130,19 @@ class ReadmeService:
         except httpx.HTTPError:
             return False
 
-    def stop(self) -> None:
+    def stop(self) -> int | None:
+        """SIGINT, as the README says (the SDK takes SIGTERM for itself); the exit status, or
+        None if it had to be killed (or was not running)."""
         proc, self._proc = self._proc, None
         if proc is None:
-            return
-        proc.terminate()
+            return None
+        proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(10)
+            return proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+            return None
 
 
 @pytest.fixture
@@ -252,10 +271,11 @@ def test_the_readme_expiry_deletes_a_token_in_a_restarted_process_before_any_res
     restate_server: RestateEndpoints,
     admin: Admin,
 ) -> None:
-    """Every handler of the README's service opens the pool first, the tokens' private expiry
-    included: a token's expiry, due after the service restarted, deletes it in the new process,
-    where no reservation has opened the pool. (Opened by ``reserve`` alone, the pool stayed
-    closed there, and each expiry failed with PoolClosed until a reservation came.)"""
+    """The README's service opens its pool when it starts (``with_pool``), so every handler
+    finds it open, the tokens' private expiry included: a token's expiry, due after the service
+    restarted, deletes it in the new process, where no reservation has run. (Opened by
+    ``reserve`` alone, the pool stayed closed there, and each expiry failed with PoolClosed
+    until a reservation came.)"""
     service = serve_readme(with_short_ttl(readme_example()))
     with Ingress(restate_server.ingress_url) as ingress:
         reserved = ingress.call("orders", "reserve", {"sku": stock, "quantity": 3})
@@ -294,3 +314,78 @@ def test_the_readme_expiry_deletes_a_token_in_a_restarted_process_before_any_res
         ("completed", "success")
     ], expiries
     assert available(db, stock) == 7  # one reservation, and no other in the new process
+
+
+def test_the_readme_example_answers_a_body_that_does_not_fit_400_naming_the_field_and_runs_nothing(
+    serve_readme: Callable[..., ReadmeService],
+    stock: str,
+    db: psycopg.Connection[Any],
+    admin: Admin,
+    restate_server: RestateEndpoints,
+) -> None:
+    """Not the SDK's 500 ("Unable to parse an input argument", which reads as the service's
+    fault): a terminal 400 that says which field is wrong, before the handler runs."""
+    serve_readme(readme_example())
+    bodies = {
+        "quantity": b'{"sku": "%s", "quantity": "x"}' % stock.encode(),
+        "sku": b'{"quantity": 1}',
+        "body": b'{"sku": ',
+    }
+    with Ingress(restate_server.ingress_url) as ingress:
+        for field, body in bodies.items():
+            answer = ingress.call("orders", "reserve", raw_body=body)
+            assert answer.status_code == 400, answer.text
+            message = answer.json()["message"]
+            assert message.startswith("invalid request for Reserve: "), message
+            assert f"{field}: " in message, message
+            invocation = answer.headers["x-restate-id"]
+            assert tokens_of(db, invocation) == {}  # no transaction ran
+            (row,) = admin.query(
+                f"SELECT status, completion_result FROM sys_invocation WHERE id = '{invocation}'"  # noqa: S608
+            )
+            assert (row["status"], row.get("completion_result")) == ("completed", "failure")
+    assert available(db, stock) == 10
+
+
+def test_hypercorn_serves_the_readme_example_without_a_lifespan_error_and_stops_on_sigint(
+    serve_readme: Callable[..., ReadmeService], restate_server: RestateEndpoints, stock: str
+) -> None:
+    service = serve_readme(readme_example())
+    with Ingress(restate_server.ingress_url) as ingress:  # the SDK's signal handling is in place
+        assert ingress.call("orders", "reserve", {"sku": stock, "quantity": 1}).status_code == 200
+    assert service.stop() == 0, service.logs[-1].read_text()
+    log = service.logs[-1].read_text()
+    assert "Lifespan" not in log, log  # "ASGI Framework Lifespan error, continuing without ..."
+
+
+def test_the_readme_curl_lines_answer_what_their_comments_say(
+    serve_readme: Callable[..., ReadmeService],
+    db: psycopg.Connection[Any],
+    restate_server: RestateEndpoints,
+) -> None:
+    """Run as written, but against this session's ingress, on the README's sku ``apple``
+    (10 in stock, as its steps insert it)."""
+    assert shutil.which("curl"), "curl is needed to run the README's curl lines"
+    db.execute("CREATE TABLE IF NOT EXISTS stock (sku text PRIMARY KEY, available int NOT NULL)")
+    db.execute(
+        "INSERT INTO stock VALUES ('apple', 10) ON CONFLICT (sku) DO UPDATE SET available = 10"
+    )
+    serve_readme(readme_example())
+    lines = [line for line in readme_steps().splitlines() if line.startswith("curl ")]
+    assert len(lines) == 2, lines
+    keyed, malformed = (
+        line.replace("curl 127.0.0.1:8080", f"curl -s {restate_server.ingress_url}")
+        for line in lines
+    )
+
+    def run(line: str) -> Any:
+        out = subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    assert run(keyed) == {"sku": "apple", "left": 7}
+    assert run(keyed) == {"sku": "apple", "left": 7}  # "the same key again answers" it
+    assert available(db, "apple") == 7  # "... and takes nothing"
+    refused = run(malformed)
+    assert refused["code"] == 400, refused  # "# 400: quantity: ..."
+    assert "quantity: " in refused["message"], refused
